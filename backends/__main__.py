@@ -1,0 +1,5 @@
+import sys
+
+from backends.harness.entrypoint import main
+
+sys.exit(main())

@@ -1,0 +1,25 @@
+"""The host <-> run contract: environment variables, file names, exit codes.
+
+Both the orchestrator and the harness import these names, so the two sides can
+never drift apart. Bump SCHEMA_VERSION whenever result.json changes shape.
+"""
+
+SCHEMA_VERSION = 1
+
+# Inputs to a run (environment variables set by the runner).
+ENV_EXPERIMENT = "LLEM_EXPERIMENT_JSON"  # the experiment config, canonical JSON
+ENV_RUN_DIR = "LLEM_RUN_DIR"  # where the run writes its files
+ENV_CACHE_DIR = "LLEM_CACHE_DIR"  # built-in models (default ~/.cache/llenergymeasure)
+ENV_DATA_DIR = "LLEM_DATA_DIR"  # fetched datasets (default <cache>/datasets)
+ENV_TOOL_COMMIT = "LLEM_TOOL_COMMIT"  # git commit of the tool, when the run can't see .git
+
+# Outputs of a run (inside its run directory).
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.json"
+TIMESERIES_FILE = "timeseries.parquet"
+LOG_FILE = "run.log"
+
+# Exit codes of `python -m backends`.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2

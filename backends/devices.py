@@ -1,0 +1,36 @@
+"""Resolving `device` and `dtype` settings against what this process can see."""
+
+from __future__ import annotations
+
+
+def cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(spec: str) -> str:
+    """`auto` -> `cuda:0` when a CUDA GPU is visible, else `cpu`; `cuda` -> `cuda:0`."""
+    n = cuda_device_count()
+    if spec == "auto":
+        return "cuda:0" if n else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= n:
+        seen = f"{n} CUDA device(s) are visible" if n else "no CUDA GPU is visible"
+        raise ValueError(f"device: '{spec}' requested but {seen}; use device: auto or cpu")
+    return f"cuda:{index}"
+
+
+def resolve_dtype(spec: str, device: str) -> str:
+    """`auto` -> float32 on CPU, bfloat16 on GPUs that support it, else float16."""
+    if spec != "auto":
+        return spec
+    if device == "cpu":
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

@@ -1,0 +1,1 @@
+"""The shared in-run measurement harness (protocol, energy, sampling, results)."""

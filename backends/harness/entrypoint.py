@@ -1,0 +1,75 @@
+"""`python -m backends`: read the experiment from the environment, run it, write
+result.json (or error.json) into the run directory, exit with the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from backends import contract
+from backends.atomic import write_json_atomic
+from backends.config import ExperimentConfig
+from backends.harness.protocol import run_experiment, utc_now
+from backends.harness.result import RunError
+
+
+class Terminated(BaseException):
+    """SIGTERM from the runner (timeout, Ctrl-C on the host, container stop)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("terminated by signal SIGTERM")
+
+
+def _write_error(run_dir: Path, exc: BaseException, experiment_id: str | None, started: str) -> None:
+    err = RunError(
+        experiment_id=experiment_id,
+        error_type=type(exc).__name__,
+        message=str(exc) or type(exc).__name__,
+        traceback="".join(traceback.format_exception(exc)),
+        started_at=started,
+        finished_at=utc_now(),
+    )
+    write_json_atomic(run_dir / contract.ERROR_FILE, err.model_dump(mode="json"))
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = utc_now()
+    run_dir = Path(os.environ.get(contract.ENV_RUN_DIR, "."))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    raw = os.environ.get(contract.ENV_EXPERIMENT)
+    try:
+        if not raw:
+            raise ValueError(f"{contract.ENV_EXPERIMENT} is not set: nothing to run")
+        config = ExperimentConfig.model_validate_json(raw)
+    except (ValueError, ValidationError) as e:
+        _write_error(run_dir, e, None, started)
+        print(f"llem: invalid experiment config: {e}", file=sys.stderr)
+        return contract.EXIT_BAD_CONFIG
+
+    try:
+        result = run_experiment(config, run_dir)
+    except BaseException as e:  # noqa: BLE001 - every failure must leave error.json
+        _write_error(run_dir, e, config.config_hash(), started)
+        traceback.print_exc()
+        return contract.EXIT_FAILED
+    write_json_atomic(run_dir / contract.RESULT_FILE, result.model_dump(mode="json"))
+    m = result.metrics
+    print(
+        f"llem: done: {m.output_tokens} tokens in {m.duration_s:.2f} s "
+        f"({m.output_tokens_per_s:.1f} tok/s)",
+        file=sys.stderr,
+    )
+    return contract.EXIT_OK

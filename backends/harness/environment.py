@@ -1,0 +1,88 @@
+"""Environment snapshot, taken inside the run (in the container for Docker runs).
+
+Only named facts are recorded; environment variables are never copied wholesale,
+so secrets such as HF_TOKEN cannot leak into results.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from backends import __version__, contract
+from backends.harness.gpu import GpuDiscovery
+
+_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "vllm", "tensorrt_llm",
+             "bitsandbytes", "flash_attn", "nvidia-ml-py", "zeus")
+_VISIBLE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def tool_commit() -> str | None:
+    env = os.environ.get(contract.ENV_TOOL_COMMIT)
+    if env:
+        return env
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def snapshot(gpus: GpuDiscovery) -> dict[str, Any]:
+    import psutil
+
+    env: dict[str, Any] = {
+        "tool_version": __version__,
+        "tool_commit": tool_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 2),
+        "in_container": Path("/.dockerenv").exists(),
+        "packages": _package_versions(),
+        "env": {k: os.environ[k] for k in _VISIBLE_ENV if k in os.environ},
+        "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus.devices],
+        "gpu_driver": gpus.driver_version,
+    }
+    try:
+        import torch
+
+        env["torch_cuda"] = torch.version.cuda
+        env["cuda_available"] = torch.cuda.is_available()
+    except ImportError:
+        pass
+    return env

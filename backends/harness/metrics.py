@@ -1,0 +1,86 @@
+"""Every metric's single definition. Adapters report raw request timings; only this
+module turns them into numbers, so all backends mean the same thing by each name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel
+
+from backends.harness.energy import EnergyReading
+from backends.registry import RequestRecord
+
+PERCENTILES = (50, 90, 99)
+
+
+class Metrics(BaseModel):
+    """Metrics of one run's measured window (units in the names)."""
+
+    n_requests: int
+    input_tokens: int  # prompt tokens after truncation, padding excluded
+    output_tokens: int  # generated tokens that reached the host, per request, summed
+    duration_s: float  # measured window, device-synchronised at both edges
+    output_tokens_per_s: float  # output_tokens / duration_s
+    requests_per_s: float  # n_requests / duration_s
+    # time from a request's submission to the engine to its first output token
+    ttft_ms_p50: float | None
+    ttft_ms_p90: float | None
+    ttft_ms_p99: float | None
+    # gaps between consecutive output tokens of the same request, pooled over requests
+    itl_ms_p50: float | None
+    itl_ms_p90: float | None
+    itl_ms_p99: float | None
+    model_load_s: float
+    peak_memory_mb: float  # GPU: peak allocated in the window; CPU: process peak RSS
+    energy_j: float | None  # gross energy of the window, all measured devices
+    energy_per_output_token_j: float | None  # energy_j / output_tokens
+    avg_power_w: float | None  # energy_j / duration_s
+    baseline_power_w: float | None  # idle power before loading (measurement.baseline_s)
+    energy_net_j: float | None  # energy_j - baseline_power_w * duration_s
+    flops_estimate: float  # 2 x parameters x (input + output tokens); a normaliser only
+
+
+def _percentiles(values: list[float], prefix: str) -> dict[str, float | None]:
+    if not values:
+        return {f"{prefix}_p{p}": None for p in PERCENTILES}
+    arr = np.asarray(values) * 1000.0
+    return {f"{prefix}_p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
+
+
+def compute_metrics(
+    records: list[RequestRecord],
+    reading: EnergyReading,
+    *,
+    model_load_s: float,
+    peak_memory_mb: float,
+    n_parameters: int,
+    baseline_power_w: float | None,
+) -> Metrics:
+    duration = reading.duration_s
+    out_tokens = sum(r.output_tokens for r in records)
+    in_tokens = sum(r.input_tokens for r in records)
+    ttft = [r.token_times_s[0] - r.submitted_s for r in records if r.token_times_s]
+    itl = [b - a for r in records for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+    energy = reading.energy_j
+    return Metrics(
+        n_requests=len(records),
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
+        duration_s=duration,
+        output_tokens_per_s=out_tokens / duration,
+        requests_per_s=len(records) / duration,
+        **_percentiles(ttft, "ttft_ms"),
+        **_percentiles(itl, "itl_ms"),
+        model_load_s=model_load_s,
+        peak_memory_mb=peak_memory_mb,
+        energy_j=energy,
+        energy_per_output_token_j=(energy / out_tokens) if energy is not None and out_tokens else None,
+        avg_power_w=(energy / duration) if energy is not None else None,
+        baseline_power_w=baseline_power_w,
+        energy_net_j=(
+            energy - baseline_power_w * duration
+            if energy is not None and baseline_power_w is not None
+            else None
+        ),
+        flops_estimate=2.0 * n_parameters * (in_tokens + out_tokens),
+    )

@@ -1,0 +1,70 @@
+"""The files a run leaves behind: `result.json` on success, `error.json` on failure.
+
+A run counts as done only when its result.json validates against `RunResult`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from backends.contract import SCHEMA_VERSION
+from backends.harness.metrics import Metrics
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resolved(_Strict):
+    """What `auto` and names resolved to inside the run."""
+
+    model_path: str
+    n_parameters: int
+    device: str
+    dtype: str
+    extra: dict[str, Any] = {}
+
+
+class PhaseTimes(_Strict):
+    baseline_s: float
+    warmup_s: float
+    stabilisation_s: float
+
+
+class RunResult(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["success"] = "success"
+    experiment_id: str
+    config: dict[str, Any]
+    resolved: Resolved
+    metrics: Metrics
+    energy_source: str | None
+    energy_unavailable_reason: str | None
+    energy_per_device_j: dict[str, float]
+    sampling_coverage: float | None  # timeseries samples received / expected in the window
+    warnings: list[str]
+    phases: PhaseTimes
+    environment: dict[str, Any]
+    started_at: str
+    finished_at: str
+
+    @model_validator(mode="after")
+    def _energy_explained(self) -> RunResult:
+        if self.metrics.energy_j is None and not self.energy_unavailable_reason:
+            raise ValueError("energy_j is null without energy_unavailable_reason")
+        if self.metrics.energy_j is not None and not self.energy_source:
+            raise ValueError("energy_j is set without energy_source")
+        return self
+
+
+class RunError(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["failed"] = "failed"
+    experiment_id: str | None
+    error_type: str
+    message: str
+    traceback: str
+    started_at: str
+    finished_at: str

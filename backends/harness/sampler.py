@@ -1,0 +1,80 @@
+"""Background sampling of the run's process and GPUs into `timeseries.parquet`.
+
+One row per (sample, device). The process row carries CPU utilisation and RSS;
+GPU rows carry power, temperature, memory and utilisation where NVML offers them.
+Every row is tagged with the protocol phase it fell in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from backends.harness.gpu import GpuDevice
+
+
+class Sampler:
+    def __init__(self, gpus: list[GpuDevice], interval_s: float = 0.1) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)  # first call primes the counter
+        self.gpus = gpus
+        self.interval_s = interval_s
+        self.phase = "start"
+        self.rows: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="llem-sampler", daemon=True)
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        next_t = time.perf_counter()
+        while not self._stop.is_set():
+            self._sample()
+            next_t += self.interval_s
+            self._stop.wait(max(0.0, next_t - time.perf_counter()))
+
+    def _sample(self) -> None:
+        t = time.perf_counter() - self._t0
+        mem = self._proc.memory_info().rss / 2**20
+        self.rows.append(
+            dict(t_s=t, phase=self.phase, device="process", power_w=None, temperature_c=None,
+                 memory_used_mb=mem, utilization_pct=self._proc.cpu_percent(None))
+        )
+        for g in self.gpus:
+            self.rows.append(
+                dict(t_s=t, phase=self.phase, device=g.uuid, power_w=g.power_w(),
+                     temperature_c=g.temperature_c(), memory_used_mb=g.memory_used_mb(),
+                     utilization_pct=g.utilization_pct())
+            )
+
+    def coverage(self, phase: str, duration_s: float) -> float | None:
+        """Samples received in a phase / samples expected for its duration."""
+        expected = duration_s / self.interval_s
+        if expected < 1:
+            return None
+        got = sum(1 for r in self.rows if r["phase"] == phase and r["device"] == "process")
+        return min(1.0, got / expected)
+
+    def write(self, path: Path) -> bool:
+        if not self.rows:
+            return False
+        import io
+
+        import pandas as pd
+
+        from backends.atomic import write_bytes_atomic
+
+        buf = io.BytesIO()
+        pd.DataFrame(self.rows).to_parquet(buf, index=False)
+        write_bytes_atomic(path, buf.getvalue())
+        return True

@@ -1,0 +1,99 @@
+"""The one interface every backend adapter implements, and the registry of adapters.
+
+The harness owns the protocol (timing, energy, windows); an adapter only loads a
+model, prepares inputs, generates and reports per-request token timestamps.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from backends.config import ExperimentConfig
+
+
+@dataclass
+class RequestRecord:
+    """One request's timing, on the `time.perf_counter()` clock.
+
+    `submitted_s`: when the request was handed to the engine (for static batches,
+    when its batch started). `token_times_s`: when each output token reached the host.
+    """
+
+    input_tokens: int
+    submitted_s: float
+    token_times_s: list[float] = field(default_factory=list)
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_times_s)
+
+
+@dataclass
+class LoadedModel:
+    """What loading resolved, recorded in the result."""
+
+    model_path: str
+    n_parameters: int
+    device: str
+    dtype: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A loaded-once, generate-many engine driven by the harness."""
+
+    def load(self) -> LoadedModel: ...
+
+    def prepare(self, prompts: list[str]) -> Any:
+        """Tokenise and batch (outside the measured window)."""
+        ...
+
+    def generate(self, prepared: Any, max_batches: int | None = None) -> list[RequestRecord]:
+        """Run the workload (or its first `max_batches` batches, for warm-up)."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished all queued work."""
+        ...
+
+    def reset_peak_memory(self) -> None: ...
+
+    def peak_memory_mb(self) -> float: ...
+
+
+BackendFactory = Callable[[ExperimentConfig], Backend]
+
+# backend name -> module that registers it (imported lazily: vLLM and TensorRT-LLM
+# are heavy and exist only in their own images).
+_ADAPTER_MODULES: dict[str, str] = {"pytorch": "backends.pytorch"}
+_FACTORIES: dict[str, BackendFactory] = {}
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run in this environment; the message says why."""
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    def deco(factory: BackendFactory) -> BackendFactory:
+        _FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
+def implemented_backends() -> tuple[str, ...]:
+    return tuple(_ADAPTER_MODULES)
+
+
+def create_backend(config: ExperimentConfig) -> Backend:
+    module = _ADAPTER_MODULES.get(config.backend)
+    if module is None:
+        raise BackendUnavailable(
+            f"backend: '{config.backend}' has no adapter in this version of llem; "
+            f"use one of: {', '.join(_ADAPTER_MODULES)}"
+        )
+    importlib.import_module(module)
+    return _FACTORIES[config.backend](config)

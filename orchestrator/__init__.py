@@ -1,0 +1,1 @@
+"""Host side of llem: studies, sweeps, run plans, runners, results, CLI."""

@@ -1,0 +1,126 @@
+"""`run()`: the one code path behind `llem run` and `llenergymeasure.run()`.
+
+study file -> validated experiments -> preflight -> run plan -> one run per
+(experiment, cycle) through a runner -> manifest + runs.parquet -> summary.
+Nothing is created on disk until the whole study has validated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.display import Progress, console, print_plan, print_summary
+from orchestrator.manifest import Manifest, utc_now
+from orchestrator.plan import PlannedRun, order_runs
+from orchestrator.preflight import check_study
+from orchestrator.runners import get_runner
+from orchestrator.study import Study, load_study
+from orchestrator.tables import summarise, write_runs_table
+
+
+@dataclass
+class StudyRun:
+    """What `run()` returns. `study_dir` is None for a dry run."""
+
+    study: Study
+    plan: list[PlannedRun]
+    study_dir: Path | None = None
+    runs: pd.DataFrame | None = None
+    summary: pd.DataFrame | None = None
+    failed: list[str] = field(default_factory=list)  # run ids
+
+    @property
+    def ok(self) -> bool:
+        return self.study_dir is not None and not self.failed
+
+
+def _new_study_dir(root: Path, name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = root / (f"{name}_{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a study directory under {root}")
+
+
+def _energy_note(runs: pd.DataFrame) -> str | None:
+    done = runs[runs["status"] == "done"]
+    if done.empty or done["energy_j"].notna().any():
+        return None
+    return str(done["energy_unavailable_reason"].dropna().iloc[0])
+
+
+def run(
+    study_file: str | Path,
+    *,
+    runner: str = "auto",
+    output: str | Path = "results",
+    cycles: int | None = None,
+    dry_run: bool = False,
+) -> StudyRun:
+    """Run a study (or a single experiment) file; raises UserError on bad input."""
+    out = console()
+    study = load_study(Path(study_file), cycles=cycles)
+    the_runner = get_runner(runner)
+    resolved = check_study(study, notify=lambda msg: out.print(msg))
+    ex = study.execution
+    plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
+    print_plan(out, study, plan, resolved, the_runner.describe())
+    result = StudyRun(study=study, plan=plan)
+    if dry_run:
+        out.print("dry run: nothing was run")
+        return result
+
+    study_dir = _new_study_dir(Path(output), study.name)
+    shutil.copyfile(study.path, study_dir / study.path.name)  # the study file as given
+    manifest = Manifest.create(study_dir, study, plan, the_runner.name, study.path.name)
+    result.study_dir = study_dir
+    out.print(f"results: {study_dir}")
+    progress = Progress(out, len(plan))
+    current: PlannedRun | None = None
+    try:
+        previous: PlannedRun | None = None
+        for planned in plan:
+            if previous is not None:
+                gap = ex.gap_between_cycles_s if planned.cycle != previous.cycle else ex.gap_between_runs_s
+                time.sleep(gap)
+            exp = study.experiments[planned.experiment_index - 1]
+            current = planned
+            manifest.update(planned.run_id, "running", started_at=utc_now())
+            progress.start(planned, exp.label)
+            t0 = time.monotonic()
+            outcome = the_runner.execute(
+                exp.config, study_dir / "runs" / planned.run_id, ex.run_timeout_s, on_tick=progress.tick
+            )
+            manifest.update(
+                planned.run_id, outcome.state, finished_at=utc_now(),
+                exit_code=outcome.exit_code, error=outcome.error,
+            )
+            current = None
+            progress.end(outcome, time.monotonic() - t0)
+            if outcome.state == "failed":
+                result.failed.append(planned.run_id)
+            previous = planned
+    except KeyboardInterrupt:
+        if current is not None:
+            manifest.update(current.run_id, "failed", finished_at=utc_now(), error="interrupted (Ctrl-C)")
+        raise
+    finally:
+        write_runs_table(manifest)
+
+    result.runs = pd.read_parquet(study_dir / "runs.parquet")
+    result.summary = summarise(result.runs)
+    print_summary(out, result.summary, _energy_note(result.runs))
+    counts = manifest.counts()
+    out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed: {study_dir}")
+    return result

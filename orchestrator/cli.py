@@ -1,0 +1,132 @@
+"""`llem`: a thin click layer over the library. Exit codes: 0 success, 1 a run or
+download failed, 2 bad input (one message, no traceback), 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from backends import __version__
+from orchestrator.errors import UserError
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map failures to exit codes; only internal errors print a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished runs are kept; the manifest records where it stopped", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as e:  # noqa: BLE001
+            from orchestrator.dataset_fetch import FetchError
+
+            if isinstance(e, FetchError):
+                click.echo(f"error: {e}", err=True)
+                sys.exit(1)
+            traceback.print_exc()
+            click.echo(f"llem: internal error ({type(e).__name__}); please report it with the traceback above", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llem")
+def main() -> None:
+    """LLenergyMeasure: what a deployment choice does to an LLM's energy, throughput and latency."""
+
+
+@main.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--runner", type=click.Choice(["auto", "local", "docker"]), default="auto", show_default=True,
+              help="Where runs execute: auto picks the best available.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results root; the study directory is created under it.")
+@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Override execution.n_cycles.")
+@_guard
+def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | None) -> None:
+    """Run a study or single-experiment YAML FILE."""
+    from orchestrator.api import run
+
+    if not file.exists() and (Path("studies") / file).exists():
+        raise UserError(f"{file}: no such file; did you mean studies/{file}?")
+    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run)
+    if result.failed:
+        sys.exit(1)
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_guard
+def config_cmd(as_json: bool) -> None:
+    """What this machine offers: GPUs, energy sources, Docker, backends, paths."""
+    from orchestrator.doctor import as_dicts, collect
+    from orchestrator.display import console
+
+    checks = collect()
+    if as_json:
+        click.echo(json.dumps(as_dicts(checks), indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(show_header=True)
+    for col in ("area", "item", "", "detail"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.area, c.item, "yes" if c.ok else "no", c.detail)
+    console().print(t)
+
+
+main.add_command(config_cmd, name="doctor")
+
+
+@main.group("datasets")
+def datasets_group() -> None:
+    """Built-in prompt sets."""
+
+
+@datasets_group.command("list")
+@_guard
+def datasets_list() -> None:
+    """Show the built-in prompt sets and whether each is installed."""
+    from backends.prompts import BUILTIN_DATASETS, installed_path
+
+    for name in BUILTIN_DATASETS:
+        if name == "synthetic":
+            click.echo(f"{name}: generated on the fly (always available)")
+        else:
+            p = installed_path(name)
+            click.echo(f"{name}: " + (f"installed at {p}" if p.exists() else f"not installed (llem datasets fetch {name})"))
+
+
+@datasets_group.command("fetch")
+@click.argument("name")
+@click.option("--from", "source", type=click.Path(path_type=Path), default=None,
+              help="Install from a local copy (JSONL/CSV/Parquet) instead of downloading.")
+@_guard
+def datasets_fetch(name: str, source: Path | None) -> None:
+    """Download a built-in prompt set at its pinned revision and verify it."""
+    from orchestrator.dataset_fetch import fetch_dataset
+
+    dest = fetch_dataset(name, source, notify=lambda m: click.echo(m, err=True))
+    click.echo(f"{name}: installed at {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Checks made before any run starts, so that a study never fails halfway through
+for a reason that was knowable up front (missing dataset, impossible device...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backends.config import ExperimentConfig
+from backends.devices import resolve_device
+from backends.models import BUILTIN_MODELS, ModelNotFound, resolve_model
+from backends.prompts import DatasetError, dataset_path, read_jsonl_prompts
+from backends.registry import implemented_backends
+from orchestrator.errors import UserError
+from orchestrator.study import Study
+
+
+@dataclass
+class Resolved:
+    device: str
+    model_path: str
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_backend_settings(cfg: ExperimentConfig, device: str) -> None:
+    if cfg.backend != "pytorch":
+        return
+    pt = cfg.pytorch
+    assert pt is not None
+    for flag in ("load_in_4bit", "load_in_8bit"):
+        if getattr(pt, flag):
+            if device == "cpu":
+                raise UserError(
+                    f"pytorch.{flag}: bitsandbytes quantisation needs a CUDA GPU and this run "
+                    "is on the CPU; remove it or run on a GPU machine"
+                )
+            if not _has("bitsandbytes"):
+                raise UserError(f"pytorch.{flag}: needs the bitsandbytes package; pip install bitsandbytes")
+    if pt.attn_implementation == "flash_attention_2":
+        if device == "cpu":
+            raise UserError(
+                "pytorch.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa or eager on the CPU"
+            )
+        if not _has("flash_attn"):
+            raise UserError("pytorch.attn_implementation: flash_attention_2 needs the flash-attn package")
+
+
+def check_study(study: Study, notify: Callable[[str], None] = print) -> dict[int, Resolved]:
+    """Resolve every experiment's device, model and dataset, or raise UserError
+    naming the experiment and the fix."""
+    resolved: dict[int, Resolved] = {}
+    models: dict[str, str] = {}
+    datasets: dict[str, int] = {}
+    for exp in study.experiments:
+        cfg = exp.config
+        where = f"experiment {exp.index} ({exp.label})" if study.is_study else "experiment"
+        try:
+            if cfg.backend not in implemented_backends():
+                raise UserError(
+                    f"backend: '{cfg.backend}' has no adapter in this version of llem "
+                    f"(available: {', '.join(implemented_backends())}); remove it from the study"
+                )
+            try:
+                device = resolve_device(cfg.device)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            _check_backend_settings(cfg, device)
+
+            if cfg.model not in models:
+                if cfg.model in BUILTIN_MODELS:
+                    notify(f"preparing built-in model {cfg.model} (built once, then cached)")
+                try:
+                    models[cfg.model] = str(resolve_model(cfg.model))
+                except ModelNotFound as e:
+                    raise UserError(str(e)) from None
+
+            if cfg.dataset not in datasets:
+                try:
+                    path = dataset_path(cfg.dataset)
+                    datasets[cfg.dataset] = len(read_jsonl_prompts(path)) if path else -1
+                except DatasetError as e:
+                    raise UserError(str(e)) from None
+            available = datasets[cfg.dataset]
+            if 0 <= available < cfg.n_prompts:
+                raise UserError(
+                    f"n_prompts: {cfg.n_prompts} requested but dataset '{cfg.dataset}' has only "
+                    f"{available} prompts; lower n_prompts"
+                )
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        resolved[exp.index] = Resolved(device=device, model_path=models[cfg.model])
+    return resolved

@@ -1,0 +1,209 @@
+"""Loading a study (or single-experiment) YAML file into validated experiments.
+
+A file with `sweep:` or `experiments:` is a study; otherwise it is one
+experiment. Every point is expanded first, then validated; all invalid points
+are reported together, each with the sweep values that produced it, before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backends.config import BACKENDS, ExperimentConfig
+from orchestrator.errors import UserError
+from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes
+from orchestrator.validation import format_errors
+
+STUDY_KEYS = ("name", "sweep", "experiments", "execution")
+MAX_ERRORS_SHOWN = 10
+
+
+class Execution(BaseModel):
+    """How a study's runs are scheduled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_cycles: int = Field(3, ge=1, description="Repetitions of every experiment.")
+    order: Literal["sequential", "interleaved", "shuffled"] = "interleaved"
+    shuffle_seed: int = 0
+    gap_between_runs_s: float = Field(0.0, ge=0)
+    gap_between_cycles_s: float = Field(0.0, ge=0)
+    run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
+
+
+@dataclass
+class Experiment:
+    index: int  # 1-based, in expansion order
+    config: ExperimentConfig
+    swept: dict[str, Any]
+    origin: str
+
+    @property
+    def id(self) -> str:
+        return self.config.config_hash()
+
+    @property
+    def label(self) -> str:
+        if self.swept:
+            return ", ".join(f"{k}={v}" for k, v in self.swept.items())
+        return self.origin
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    text: str  # the file as given
+    is_study: bool
+    experiments: list[Experiment]
+    execution: Execution
+    notes: list[str]
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a YAML mapping of settings (found {type(data).__name__})")
+    return data
+
+
+def _check_top_level(data: dict[str, Any], path: Path) -> None:
+    known = [*ExperimentConfig.model_fields, *STUDY_KEYS]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{path}: {key}: unknown key{hint}; remove it or fix its spelling")
+
+
+def _study_name(data: dict[str, Any], path: Path) -> str:
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise UserError(
+            f"{path}: name: must be letters, digits, '.', '_' or '-' (it names the results "
+            f"directory), got {name!r}"
+        )
+    return name
+
+
+def _dotted(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        if isinstance(v, dict) and v:
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _points(data: dict[str, Any], base: dict[str, Any]) -> list[Point]:
+    points: list[Point] = []
+    if "sweep" in data:
+        points.extend(expand(base, parse_axes(data["sweep"])))
+    if "experiments" in data:
+        exps = data["experiments"]
+        if not isinstance(exps, list) or not exps:
+            raise UserError("experiments: must be a non-empty list of experiment mappings")
+        for i, entry in enumerate(exps):
+            if not isinstance(entry, dict):
+                raise UserError(f"experiments[{i}]: must be a mapping of experiment settings")
+            # shared sections configure only their own backend's experiments
+            backend = entry.get("backend", base.get("backend", DEFAULT_BACKEND))
+            shared = {k: v for k, v in base.items() if k not in BACKENDS or k == backend}
+            points.append(
+                Point(fields=deep_merge(shared, entry), swept=_dotted(entry), origin=f"experiments[{i}]")
+            )
+    if not points:
+        points.append(Point(fields=dict(base), swept={}, origin="experiment"))
+    return points
+
+
+def _validate(points: list[Point], path: Path) -> list[tuple[Point, ExperimentConfig]]:
+    good: list[tuple[Point, ExperimentConfig]] = []
+    errors: dict[str, list[Point]] = {}
+    for p in points:
+        try:
+            good.append((p, ExperimentConfig.model_validate(p.fields)))
+        except ValidationError as e:
+            for line in format_errors(e, ExperimentConfig):
+                errors.setdefault(line, []).append(p)
+    if not errors:
+        return good
+    lines = []
+    for msg, bad in errors.items():
+        if len(bad) == len(points) and len(points) > 1:
+            lines.append(f"{msg} (in every experiment)")
+        else:
+            for p in bad:
+                where = p.label if p.origin == "sweep" else p.origin
+                lines.append(f"{msg} (from {where})" if p.swept or p.origin != "experiment" else msg)
+    shown = lines[:MAX_ERRORS_SHOWN]
+    more = f"\n  ... and {len(lines) - len(shown)} more" if len(lines) > len(shown) else ""
+    raise UserError(f"{path}: invalid configuration:\n  " + "\n  ".join(shown) + more)
+
+
+def load_study(path: Path, cycles: int | None = None) -> Study:
+    """Read, expand and validate a study or experiment file. Raises UserError."""
+    path = Path(path)
+    data = read_yaml(path)
+    _check_top_level(data, path)
+    is_study = "sweep" in data or "experiments" in data
+    name = _study_name(data, path)
+    base = {k: v for k, v in data.items() if k not in STUDY_KEYS}
+
+    exec_raw = data.get("execution") or {}
+    if not isinstance(exec_raw, dict):
+        raise UserError(f"{path}: execution: must be a mapping (n_cycles, order, ...)")
+    if not is_study and "n_cycles" not in exec_raw:
+        exec_raw = {**exec_raw, "n_cycles": 1}  # one experiment: one run unless asked
+    if cycles is not None:
+        exec_raw = {**exec_raw, "n_cycles": cycles}
+    try:
+        execution = Execution.model_validate(exec_raw)
+    except ValidationError as e:
+        raise UserError(
+            f"{path}: invalid configuration:\n  "
+            + "\n  ".join(format_errors(e, Execution, prefix="execution."))
+        ) from None
+
+    validated = _validate(_points(data, base), path)
+    experiments: list[Experiment] = []
+    seen: dict[str, Experiment] = {}
+    notes = []
+    for point, config in validated:
+        h = config.config_hash()
+        if h in seen:
+            notes.append(f"{point.origin} ({point.label}) duplicates experiment {seen[h].index}; run once")
+            continue
+        exp = Experiment(len(experiments) + 1, config, point.swept, point.origin)
+        seen[h] = exp
+        experiments.append(exp)
+    return Study(
+        name=name,
+        path=path,
+        text=path.read_text(encoding="utf-8"),
+        is_study=is_study,
+        experiments=experiments,
+        execution=execution,
+        notes=notes,
+    )

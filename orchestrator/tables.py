@@ -1,0 +1,110 @@
+"""`runs.parquet`: one flat row per run, loadable with one `pandas.read_parquet`.
+
+Config columns keep their dotted names (`pytorch.batch_size`); metric columns
+keep theirs (`output_tokens_per_s`). Failed and unfinished runs have rows too,
+with `status` saying so and null metrics.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from backends.atomic import write_bytes_atomic
+from backends.contract import SCHEMA_VERSION
+from backends.harness.metrics import Metrics
+from orchestrator.collect import load_result
+from orchestrator.manifest import Manifest
+
+RUNS_FILE = "runs.parquet"
+METRIC_COLUMNS = list(Metrics.model_fields)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    rows = []
+    for run in sorted(manifest.data["runs"], key=lambda r: r["position"]):
+        exp = manifest.experiment(run["experiment_index"])
+        row: dict[str, Any] = {
+            "run_id": run["run_id"],
+            "position": run["position"],
+            "experiment_index": exp["index"],
+            "experiment_id": exp["id"],
+            "label": exp["label"],
+            "cycle": run["cycle"],
+            "status": run["state"],
+            "error": run["error"],
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": manifest.data["tool_version"],
+        }
+        row.update(flatten(exp["config"]))
+        row.update({m: None for m in METRIC_COLUMNS})
+        result = load_result(manifest.study_dir / run["run_dir"]) if run["state"] == "done" else None
+        if result is not None:
+            env = result.environment
+            row.update(result.metrics.model_dump())
+            row.update(
+                {
+                    "energy_source": result.energy_source,
+                    "energy_unavailable_reason": result.energy_unavailable_reason,
+                    "sampling_coverage": result.sampling_coverage,
+                    "warnings": " | ".join(result.warnings),
+                    "resolved.device": result.resolved.device,
+                    "resolved.dtype": result.resolved.dtype,
+                    "resolved.n_parameters": result.resolved.n_parameters,
+                    "environment.gpus": ", ".join(g["name"] for g in env.get("gpus", [])),
+                    "environment.gpu_driver": env.get("gpu_driver"),
+                    "environment.cpu_model": env.get("cpu_model"),
+                    "environment.torch": env.get("packages", {}).get("torch"),
+                    "environment.transformers": env.get("packages", {}).get("transformers"),
+                    "tool_commit": env.get("tool_commit"),
+                    "started_at": result.started_at,
+                    "finished_at": result.finished_at,
+                }
+            )
+        row["run_dir"] = run["run_dir"]
+        rows.append(row)
+    return rows
+
+
+def write_runs_table(manifest: Manifest) -> Path:
+    df = pd.DataFrame(run_rows(manifest))
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    path = manifest.study_dir / RUNS_FILE
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+HEADLINE = ("output_tokens_per_s", "ttft_ms_p50", "itl_ms_p50", "energy_per_output_token_j", "peak_memory_mb")
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment across cycles: runs done / planned, mean and std of the headline metrics."""
+    out = []
+    for idx, g in runs.groupby("experiment_index", sort=True):
+        ok = g[g["status"] == "done"]
+        row: dict[str, Any] = {
+            "experiment_index": idx,
+            "label": g["label"].iloc[0],
+            "runs_done": len(ok),
+            "runs_planned": len(g),
+        }
+        for m in HEADLINE:
+            vals = pd.to_numeric(ok[m], errors="coerce").dropna()
+            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else None
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
+        out.append(row)
+    return pd.DataFrame(out)
