@@ -12,6 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+# Imported with the adapter (before the model-load timer starts), so that
+# model_load_s measures loading, not library start-up.
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
 from backends.config import ExperimentConfig, PyTorchConfig
 from backends.devices import resolve_device, resolve_dtype
 from backends.models import resolve_model
@@ -59,9 +64,6 @@ class PyTorchBackend:
         self.device = "cpu"
 
     def load(self) -> LoadedModel:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
         self.device = resolve_device(self.config.device)
         dtype_name = resolve_dtype(self.section.dtype, self.device)
         path = resolve_model(self.config.model)
@@ -133,8 +135,6 @@ class PyTorchBackend:
         return batches
 
     def generate(self, prepared: list[_Batch], max_batches: int | None = None) -> list[RequestRecord]:
-        import torch
-
         records: list[RequestRecord] = []
         for batch in prepared[:max_batches]:
             streamer = _TimestampStreamer(
@@ -155,20 +155,14 @@ class PyTorchBackend:
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
-            import torch
-
             torch.cuda.synchronize(self.device)
 
     def reset_peak_memory(self) -> None:
         if self.device.startswith("cuda"):
-            import torch
-
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_memory_mb(self) -> float:
         """GPU: peak allocated by torch since the last reset. CPU: process peak RSS."""
         if self.device.startswith("cuda"):
-            import torch
-
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -1,0 +1,84 @@
+"""Harness overhead: throughput the harness reports vs a bare `generate` loop.
+
+Both run in this one process on the same model weights and the same tokenised
+inputs, alternating (harness, bare, harness, bare, ...) so that drift in machine
+load affects both alike. The ratio harness/bare is the harness's cost: streamer
+timestamps, the background sampler, window bookkeeping. Target: >= 0.98.
+
+    python benchmarks/harness_overhead.py [--batch-size 4] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from backends.config import ExperimentConfig
+from backends.harness.protocol import run_experiment
+from backends.prompts import load_prompts
+from backends.pytorch import PyTorchBackend
+
+
+def bare_tokens_per_s(backend: PyTorchBackend, prepared: list) -> float:
+    """Plain `model.generate` over the same batches: no streamer, no sampler."""
+    tokens = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for batch in prepared:
+            out = backend.model.generate(**batch.inputs, generation_config=backend.generation_config)
+            tokens += (out.shape[1] - batch.inputs["input_ids"].shape[1]) * out.shape[0]
+    backend.synchronize()
+    return tokens / (time.perf_counter() - t0)
+
+
+def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median (no distribution assumed)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llem/tiny-llama")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--max-input-tokens", type=int, default=64)
+    ap.add_argument("--max-output-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+
+    cfg = ExperimentConfig(
+        model=args.model, n_prompts=args.n_prompts, max_input_tokens=args.max_input_tokens,
+        max_output_tokens=args.max_output_tokens, pytorch={"batch_size": args.batch_size},
+        measurement={"warmup_batches": 1},
+    )
+    bare = PyTorchBackend(cfg)
+    bare.load()
+    prepared = bare.prepare(load_prompts(cfg.dataset, cfg.n_prompts, cfg.max_input_tokens, cfg.seed))
+    bare_tokens_per_s(bare, prepared[:1])  # warm-up, as the harness does
+
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            h = run_experiment(cfg, Path(tmp)).metrics.output_tokens_per_s
+            b = bare_tokens_per_s(bare, prepared)
+            ratios.append(h / b)
+            print(f"repeat {i + 1}: harness {h:8.1f} tok/s   bare {b:8.1f} tok/s   ratio {h / b:.3f}")
+    lo, hi = bootstrap_ci(ratios)
+    print(
+        f"harness/bare throughput ratio: median {statistics.median(ratios):.3f} "
+        f"(95% bootstrap CI {lo:.3f}-{hi:.3f}, n={len(ratios)}; "
+        f"batch_size={args.batch_size}, {args.n_prompts} prompts x {args.max_output_tokens} tokens, "
+        f"{cfg.model}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared test set-up: a private cache and data directory for the whole session,
+so tests never touch the user's ~/.cache and the tiny model is built once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_AIENERGYSCORE = REPO.parent / "shared" / "datasets" / "aienergyscore-text-generation.jsonl"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def llem_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("llem")
+    dirs = {"cache": root / "cache", "data": root / "data"}
+    os.environ["LLEM_CACHE_DIR"] = str(dirs["cache"])
+    os.environ["LLEM_DATA_DIR"] = str(dirs["data"])
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_model(llem_dirs: dict[str, Path]) -> Path:
+    from backends.models import ensure_builtin
+
+    return ensure_builtin("llem/tiny-llama")
+
+
+@pytest.fixture
+def shared_aienergyscore() -> Path:
+    if not SHARED_AIENERGYSCORE.exists():
+        pytest.skip("../shared/datasets is not present on this machine")
+    return SHARED_AIENERGYSCORE
+
+
+def llem(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
+         ) -> subprocess.CompletedProcess:
+    """Run the real `llem` CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
