@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backends.config import BACKENDS, ExperimentConfig
 from orchestrator.errors import UserError
-from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes
+from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value
 from orchestrator.validation import format_errors
 
 STUDY_KEYS = ("name", "sweep", "experiments", "execution")
@@ -53,7 +53,7 @@ class Experiment:
     @property
     def label(self) -> str:
         if self.swept:
-            return ", ".join(f"{k}={v}" for k, v in self.swept.items())
+            return ", ".join(f"{k}={show_value(v)}" for k, v in self.swept.items())
         return self.origin
 
 

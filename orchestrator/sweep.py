@@ -40,10 +40,11 @@ class Point:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={_show(v)}" for k, v in self.swept.items()) or "(base)"
+        return ", ".join(f"{k}={show_value(v)}" for k, v in self.swept.items()) or "(base)"
 
 
-def _show(v: Any) -> str:
+def show_value(v: Any) -> str:
+    """YAML spelling of a value in labels: true/false, not True/False."""
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
