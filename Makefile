@@ -1,6 +1,7 @@
 # make study STUDY=batch-sweep.yaml   run a study (bare names resolve under studies/)
 # make test                           run the test suite
 # make setup                          create .venv with the pinned dependencies
+# make images [BACKEND=pytorch] [BASE=image]   build backend images (needs a Docker engine)
 PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,7 +11,7 @@ RUNNER  ?= auto
 ARGS    ?=
 STUDY_PATH := $(if $(wildcard $(STUDY)),$(STUDY),studies/$(STUDY))
 
-.PHONY: setup study dry-run test doctor clean
+.PHONY: setup study dry-run test doctor images docker-base clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,15 @@ dry-run: setup
 
 doctor: setup
 	$(BIN)/llem config
+
+# Backend images, tagged by content. BASE=<image> builds on another base
+# (e.g. the local CPU base from `make docker-base`).
+images: setup
+	$(BIN)/llem images build $(if $(BACKEND),$(BACKEND),) $(if $(BASE),--base $(BASE),)
+
+# A local CPU stand-in for the upstream PyTorch base, from Debian packages only.
+docker-base:
+	images/base/build-local-base.sh llem-base:bookworm-cpu
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)

@@ -12,6 +12,11 @@ ENV_RUN_DIR = "LLEM_RUN_DIR"  # where the run writes its files
 ENV_CACHE_DIR = "LLEM_CACHE_DIR"  # built-in models (default ~/.cache/llenergymeasure)
 ENV_DATA_DIR = "LLEM_DATA_DIR"  # fetched datasets (default <cache>/datasets)
 ENV_TOOL_COMMIT = "LLEM_TOOL_COMMIT"  # git commit of the tool, when the run can't see .git
+ENV_DEVICE = "LLEM_DEVICE"  # the device as seen inside the run, when a runner remaps GPUs
+ENV_IMAGE_ID = "LLEM_IMAGE_ID"  # image the run executes in (set by the Docker runner)
+ENV_IMAGE_REF = "LLEM_IMAGE_REF"
+ENV_IMAGE_DIGESTS = "LLEM_IMAGE_DIGESTS"  # comma-separated repo digests, if any
+ENV_IMAGE_BASE = "LLEM_IMAGE_BASE"  # the base image it was built from
 
 # Outputs of a run (inside its run directory).
 RESULT_FILE = "result.json"

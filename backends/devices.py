@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+from backends import contract
+
 
 def cuda_device_count() -> int:
     try:
@@ -9,6 +13,12 @@ def cuda_device_count() -> int:
     except ImportError:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_device(config_device: str) -> str:
+    """The device this run uses: the runner's remapping (a container sees its pinned
+    GPU as cuda:0) wins over the experiment's `device:`."""
+    return resolve_device(os.environ.get(contract.ENV_DEVICE) or config_device)
 
 
 def resolve_device(spec: str) -> str:

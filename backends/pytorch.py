@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from backends.config import ExperimentConfig, PyTorchConfig
-from backends.devices import resolve_device, resolve_dtype
+from backends.devices import resolve_dtype, run_device
 from backends.models import resolve_model
 from backends.registry import LoadedModel, RequestRecord, register_backend
 
@@ -64,7 +64,7 @@ class PyTorchBackend:
         self.device = "cpu"
 
     def load(self) -> LoadedModel:
-        self.device = resolve_device(self.config.device)
+        self.device = run_device(self.config.device)
         dtype_name = resolve_dtype(self.section.dtype, self.device)
         path = resolve_model(self.config.model)
 

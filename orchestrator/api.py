@@ -19,7 +19,7 @@ from orchestrator.display import Progress, console, print_plan, print_summary
 from orchestrator.manifest import Manifest, utc_now
 from orchestrator.plan import PlannedRun, order_runs
 from orchestrator.preflight import check_study
-from orchestrator.runners import get_runner
+from orchestrator.runners import select_runner
 from orchestrator.study import Study, load_study
 from orchestrator.tables import summarise, write_runs_table
 
@@ -71,8 +71,10 @@ def run(
     """Run a study (or a single experiment) file; raises UserError on bad input."""
     out = console()
     study = load_study(Path(study_file), cycles=cycles)
-    the_runner = get_runner(runner)
-    resolved = check_study(study, notify=lambda msg: out.print(msg))
+    notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
+    the_runner = select_runner(runner, study, notify)
+    resolved = check_study(study, the_runner, notify=notify)
+    the_runner.prepare(study, notify, build=not dry_run)
     ex = study.execution
     plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
     print_plan(out, study, plan, resolved, the_runner.describe())

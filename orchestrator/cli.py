@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from backends import __version__
-from orchestrator.errors import UserError
+from orchestrator.errors import Failure, UserError
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,14 +30,12 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("\ninterrupted: finished runs are kept; the manifest records where it stopped", err=True)
             sys.exit(130)
+        except Failure as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
         except click.exceptions.Exit:
             raise
         except Exception as e:  # noqa: BLE001
-            from orchestrator.dataset_fetch import FetchError
-
-            if isinstance(e, FetchError):
-                click.echo(f"error: {e}", err=True)
-                sys.exit(1)
             traceback.print_exc()
             click.echo(f"llem: internal error ({type(e).__name__}); please report it with the traceback above", err=True)
             sys.exit(1)
@@ -126,6 +124,44 @@ def datasets_fetch(name: str, source: Path | None) -> None:
 
     dest = fetch_dataset(name, source, notify=lambda m: click.echo(m, err=True))
     click.echo(f"{name}: installed at {dest}")
+
+
+@main.group("images")
+def images_group() -> None:
+    """Backend images (one per backend, tagged by content)."""
+
+
+@images_group.command("build")
+@click.argument("backend", required=False, type=click.Choice(["pytorch", "vllm", "tensorrt"]))
+@click.option("--base", default=None, help="Base image instead of the Dockerfile's pinned default.")
+@_guard
+def images_build(backend: str | None, base: str | None) -> None:
+    """Build BACKEND's image (default: all three)."""
+    from orchestrator.images import IMAGES, base_for, build_image, docker_client
+
+    client = docker_client()
+    for name in [backend] if backend else list(IMAGES):
+        spec = IMAGES[name]
+        build_image(client, spec, base_for(spec, base), log=lambda m: click.echo(m, err=True))
+
+
+@images_group.command("list")
+@_guard
+def images_list() -> None:
+    """Each backend's expected tag, whether it exists here, and its id and digests."""
+    from orchestrator.images import IMAGES, base_for, docker_client, find_image, image_tag, stale_images
+
+    client = docker_client()
+    for name, spec in IMAGES.items():
+        base = base_for(spec)
+        tag = image_tag(spec, base)
+        image = find_image(client, tag)
+        state = f"present {image.id[:19]}" if image else "missing"
+        digests = ", ".join(image.attrs.get("RepoDigests") or []) if image else ""
+        click.echo(f"{name:9} {tag:40} {state}" + (f" {digests}" if digests else ""))
+        click.echo(f"{'':9} base {base}")
+        for old in stale_images(client, spec):
+            click.echo(f"{'':9} stale: {', '.join(old.tags) or old.id[:19]} (built from other harness content)")
 
 
 if __name__ == "__main__":

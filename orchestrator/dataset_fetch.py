@@ -20,13 +20,13 @@ from typing import Any
 
 from backends.atomic import write_bytes_atomic
 from backends.prompts import BUILTIN_DATASETS, builtin_spec, installed_path, prompts_sha256
-from orchestrator.errors import UserError
+from orchestrator.errors import Failure, UserError
 
 DATA_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 TIMEOUT_S = 60
 
 
-class FetchError(Exception):
+class FetchError(Failure):
     """The download failed (network, hub); exit 1 with the message."""
 
 

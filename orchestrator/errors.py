@@ -9,7 +9,8 @@ class UserError(Exception):
     exit_code = 2
 
 
-class StudyFailed(Exception):
-    """The study ran but at least one run failed (exit code 1)."""
+class Failure(Exception):
+    """Something outside the user's input failed (a download, an image build):
+    exit 1 with the message, no traceback."""
 
     exit_code = 1

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backends.config import ExperimentConfig
-from backends.devices import resolve_device
 from backends.models import BUILTIN_MODELS, ModelNotFound, resolve_model
 from backends.prompts import DatasetError, dataset_path, read_jsonl_prompts
 from backends.registry import implemented_backends
 from orchestrator.errors import UserError
+from orchestrator.runners.base import Runner
 from orchestrator.study import Study
 
 
@@ -50,7 +50,12 @@ def _check_backend_settings(cfg: ExperimentConfig, device: str) -> None:
             raise UserError("pytorch.attn_implementation: flash_attention_2 needs the flash-attn package")
 
 
-def check_study(study: Study, notify: Callable[[str], None] = print) -> dict[int, Resolved]:
+GPU_ONLY_BACKENDS = ("vllm", "tensorrt")
+
+
+def check_study(
+    study: Study, runner: Runner, notify: Callable[[str], None] = print
+) -> dict[int, Resolved]:
     """Resolve every experiment's device, model and dataset, or raise UserError
     naming the experiment and the fix."""
     resolved: dict[int, Resolved] = {}
@@ -60,15 +65,20 @@ def check_study(study: Study, notify: Callable[[str], None] = print) -> dict[int
         cfg = exp.config
         where = f"experiment {exp.index} ({exp.label})" if study.is_study else "experiment"
         try:
+            try:
+                device = runner.resolve_device(cfg.device)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            if cfg.backend in GPU_ONLY_BACKENDS and device == "cpu":
+                raise UserError(
+                    f"backend: '{cfg.backend}' needs an NVIDIA GPU and this run would be on the CPU "
+                    f"(no GPU visible to the {runner.name} runner); use backend: pytorch here"
+                )
             if cfg.backend not in implemented_backends():
                 raise UserError(
                     f"backend: '{cfg.backend}' has no adapter in this version of llem "
                     f"(available: {', '.join(implemented_backends())}); remove it from the study"
                 )
-            try:
-                device = resolve_device(cfg.device)
-            except ValueError as e:
-                raise UserError(str(e)) from None
             _check_backend_settings(cfg, device)
 
             if cfg.model not in models:

@@ -70,6 +70,8 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
                     "environment.torch": env.get("packages", {}).get("torch"),
                     "environment.transformers": env.get("packages", {}).get("transformers"),
                     "tool_commit": env.get("tool_commit"),
+                    "image_id": (env.get("image") or {}).get("id"),
+                    "image_ref": (env.get("image") or {}).get("ref"),
                     "started_at": result.started_at,
                     "finished_at": result.finished_at,
                 }

@@ -51,3 +51,35 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+LOCAL_BASE = os.environ.get("LLEM_TEST_DOCKER_BASE", "llem-base:bookworm-cpu")
+DOCKER_ENV = {"LLEM_BASE_IMAGE_PYTORCH": LOCAL_BASE}  # build and run on the local CPU base
+
+
+def docker_unavailable_reason() -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception as e:  # noqa: BLE001
+        return f"no Docker engine reachable ({type(e).__name__}); .ci/run starts one"
+    try:
+        client.images.get(LOCAL_BASE)
+    except Exception:  # noqa: BLE001
+        return f"base image {LOCAL_BASE} is missing; build it with images/base/build-local-base.sh"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_image(tiny_model: Path) -> str:
+    """The CPU PyTorch image, built (or found) from the local Debian base."""
+    reason = docker_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    r = llem("images", "build", "pytorch", "--base", LOCAL_BASE, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from orchestrator.images import IMAGES, image_tag
+
+    return image_tag(IMAGES["pytorch"], LOCAL_BASE)

@@ -59,6 +59,20 @@ def tool_commit() -> str | None:
         return None
 
 
+def _image() -> dict[str, Any] | None:
+    """The container image this run executes in, as told by the Docker runner."""
+    image_id = os.environ.get(contract.ENV_IMAGE_ID)
+    if not image_id:
+        return None
+    digests = os.environ.get(contract.ENV_IMAGE_DIGESTS, "")
+    return {
+        "id": image_id,
+        "ref": os.environ.get(contract.ENV_IMAGE_REF),
+        "digests": [d for d in digests.split(",") if d],
+        "base": os.environ.get(contract.ENV_IMAGE_BASE),
+    }
+
+
 def snapshot(gpus: GpuDiscovery) -> dict[str, Any]:
     import psutil
 
@@ -77,6 +91,7 @@ def snapshot(gpus: GpuDiscovery) -> dict[str, Any]:
         "env": {k: os.environ[k] for k in _VISIBLE_ENV if k in os.environ},
         "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus.devices],
         "gpu_driver": gpus.driver_version,
+        "image": _image(),
     }
     try:
         import torch

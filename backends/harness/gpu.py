@@ -116,3 +116,18 @@ def cuda_uuids(device: str) -> list[str]:
     props = torch.cuda.get_device_properties(int(device.split(":")[1]))
     uuid = str(props.uuid)
     return [uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"]
+
+
+def nvml_inventory() -> list[tuple[int, str, str]]:
+    """(NVML index, UUID, name) of every GPU the driver shows; [] without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            out.append((i, _text(pynvml.nvmlDeviceGetUUID(h)), _text(pynvml.nvmlDeviceGetName(h))))
+        return out
+    except Exception:  # noqa: BLE001 - no library, no driver, no GPU
+        return []

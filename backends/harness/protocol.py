@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backends import contract
 from backends.config import ExperimentConfig
-from backends.devices import resolve_device
+from backends.devices import run_device
 from backends.harness.energy import measured, select_meter
 from backends.harness.environment import snapshot
 from backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
@@ -40,7 +40,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
     warnings: list[str] = []
     backend = create_backend(config)
 
-    device = resolve_device(config.device)
+    device = run_device(config.device)
     gpus = (
         discover_nvml(cuda_uuids(device))
         if device.startswith("cuda")

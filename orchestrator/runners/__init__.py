@@ -1,11 +1,13 @@
 """Runners execute one run each, always with the same contract: the experiment as
 JSON in one environment variable, files written into the run directory, the exit
-code as the outcome. Pick one with `get_runner(name)`.
+code as the outcome. `select_runner` picks one (auto: Docker when it can, else local).
 """
 
 from __future__ import annotations
 
-from orchestrator.runners.base import RUNNERS, Runner, get_runner, register_runner
+from orchestrator.runners import docker as _docker  # noqa: F401  (registers "docker")
 from orchestrator.runners import local as _local  # noqa: F401  (registers "local")
+from orchestrator.runners.base import RUNNERS, Notify, Runner, get_runner, register_runner
+from orchestrator.runners.select import select_runner
 
-__all__ = ["RUNNERS", "Runner", "get_runner", "register_runner"]
+__all__ = ["RUNNERS", "Notify", "Runner", "get_runner", "register_runner", "select_runner"]

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from backends.config import ExperimentConfig
 from orchestrator.collect import RunOutcome
 from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from orchestrator.study import Study
+
+Notify = Callable[[str], None]
 
 
 class Runner(Protocol):
@@ -16,6 +21,15 @@ class Runner(Protocol):
 
     def describe(self) -> str:
         """One line for the plan: where runs execute."""
+        ...
+
+    def resolve_device(self, spec: str) -> str:
+        """What `device:` means for runs of this runner (raises ValueError if impossible)."""
+        ...
+
+    def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
+        """Get ready for this study (e.g. images, built only if `build`); raise
+        UserError if it can't run."""
         ...
 
     def execute(
@@ -41,12 +55,6 @@ def register_runner(name: str) -> Callable[[Callable[[], Runner]], Callable[[], 
 
 
 def get_runner(name: str) -> Runner:
-    if name == "auto":
-        # Docker arrives with the Docker runner; until then auto means local.
-        name = "local"
     if name not in RUNNERS:
-        raise UserError(
-            f"--runner: '{name}' is not available in this version; use one of: "
-            f"auto, {', '.join(RUNNERS)}"
-        )
+        raise UserError(f"--runner: '{name}' is unknown; use one of: auto, {', '.join(RUNNERS)}")
     return RUNNERS[name]()

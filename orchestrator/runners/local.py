@@ -16,6 +16,7 @@ from pathlib import Path
 
 from backends import contract
 from backends.config import ExperimentConfig
+from backends.devices import resolve_device
 from backends.harness.environment import tool_commit
 from orchestrator.collect import RunOutcome, read_outcome
 from orchestrator.runners.base import register_runner
@@ -46,6 +47,12 @@ class LocalRunner:
 
     def describe(self) -> str:
         return f"local runner: a fresh process per run ({sys.executable} -m backends)"
+
+    def resolve_device(self, spec: str) -> str:
+        return resolve_device(spec)  # what the run's own torch will see
+
+    def prepare(self, study: object, notify: object, build: bool = True) -> None:
+        pass
 
     def execute(
         self,

@@ -1,0 +1,293 @@
+"""Docker runner: one ephemeral container per run, through the docker SDK.
+
+Same contract as the local runner: the experiment as JSON in one environment
+variable, files written into the run directory (mounted read-write), the exit
+code as the outcome. Everything else the run reads is mounted read-only. The
+container runs as the invoking user (results stay theirs), without network or
+privileges, sees only the GPU its run uses, and is removed afterwards whatever
+happens; containers whose orchestrator died are reaped at the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends import __version__, contract
+from backends.config import ExperimentConfig
+from backends.harness.environment import tool_commit
+from backends.harness.gpu import nvml_inventory
+from backends.paths import cache_dir, data_dir
+from backends.prompts import BUILTIN_DATASETS
+from orchestrator.collect import RunOutcome, read_outcome
+from orchestrator.errors import UserError
+from orchestrator.images import (
+    LABEL, base_for, build_command, build_image, docker_client, find_image, image_tag, spec_for,
+)
+from orchestrator.runners.base import Notify, register_runner
+
+RUN_DIR_IN_CONTAINER = "/llem/run"
+CACHE_IN_CONTAINER = "/llem/cache"
+DATA_IN_CONTAINER = "/llem/data"
+HF_HUB_IN_CONTAINER = "/llem/hf-hub"
+STOP_GRACE_S = 10
+SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # passed through, never written
+
+
+@dataclass
+class GpuAssignment:
+    """What a run's `device:` means on this host."""
+
+    inside: str  # device as the run sees it ("cpu" or "cuda:0")
+    host_uuids: list[str] = field(default_factory=list)  # GPUs the container may use
+
+
+def assign_device(spec: str, host_gpus: list[tuple[int, str, str]]) -> GpuAssignment:
+    """Pin a run to host GPUs by UUID; the container sees them as cuda:0.. (never `--gpus all`)."""
+    if spec == "cpu" or (spec == "auto" and not host_gpus):
+        return GpuAssignment("cpu")
+    index = 0 if spec in ("auto", "cuda") else int(spec.split(":")[1])
+    if index >= len(host_gpus):
+        seen = f"{len(host_gpus)} GPU(s)" if host_gpus else "no NVIDIA GPU"
+        raise ValueError(f"device: '{spec}' requested but this Docker host has {seen}; use device: auto or cpu")
+    return GpuAssignment("cuda:0", [host_gpus[index][1]])
+
+
+def _hf_hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    return Path(home) / "hub"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    ref: str  # the content tag
+    digests: tuple[str, ...] = ()
+    base: str = ""
+
+    @classmethod
+    def of(cls, image: Any, ref: str) -> ImageInfo:
+        return cls(image.id, ref, tuple(image.attrs.get("RepoDigests") or ()),
+                   image.labels.get(f"{LABEL}.base_image", ""))
+
+
+def container_spec(
+    config: ExperimentConfig,
+    run_dir: Path,
+    image: ImageInfo,
+    assignment: GpuAssignment,
+    name: str,
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    """Keyword arguments for `containers.create` (pure: unit-testable without an engine)."""
+    import docker
+
+    env = {
+        contract.ENV_EXPERIMENT: config.canonical_json(),
+        contract.ENV_RUN_DIR: RUN_DIR_IN_CONTAINER,
+        contract.ENV_CACHE_DIR: CACHE_IN_CONTAINER,
+        contract.ENV_DATA_DIR: DATA_IN_CONTAINER,
+        contract.ENV_DEVICE: assignment.inside,
+        contract.ENV_IMAGE_ID: image.id,
+        contract.ENV_IMAGE_REF: image.ref,
+        contract.ENV_IMAGE_DIGESTS: ",".join(image.digests),
+        contract.ENV_IMAGE_BASE: image.base,
+        "HOME": "/tmp",
+        "HF_HUB_OFFLINE": "1",  # no network in the container: models come from mounts
+        "PYTHONUNBUFFERED": "1",
+    }
+    commit = tool_commit()
+    if commit:
+        env[contract.ENV_TOOL_COMMIT] = commit
+    for secret in SECRETS:
+        if os.environ.get(secret):
+            env[secret] = os.environ[secret]
+
+    volumes: dict[str, dict[str, str]] = {
+        str(run_dir.resolve()): {"bind": RUN_DIR_IN_CONTAINER, "mode": "rw"},
+    }
+    cache = cache_dir()
+    if cache.exists():
+        volumes[str(cache.resolve())] = {"bind": CACHE_IN_CONTAINER, "mode": "ro"}
+    if data_dir().exists():
+        volumes[str(data_dir().resolve())] = {"bind": DATA_IN_CONTAINER, "mode": "ro"}
+    # Local model directories and dataset files keep their host path inside, so the
+    # config (and its hash) is the same whichever runner executes it.
+    model = Path(config.model).expanduser()
+    if model.is_dir():
+        volumes[str(model.resolve())] = {"bind": str(model.resolve()), "mode": "ro"}
+    elif "/" in config.model and not config.model.startswith("llem/"):
+        hub = _hf_hub_cache()
+        if hub.exists():
+            volumes[str(hub.resolve())] = {"bind": HF_HUB_IN_CONTAINER, "mode": "ro"}
+            env["HF_HUB_CACHE"] = HF_HUB_IN_CONTAINER
+    if config.dataset not in BUILTIN_DATASETS:
+        ds = Path(config.dataset).expanduser().resolve()
+        volumes[str(ds)] = {"bind": str(ds), "mode": "ro"}
+
+    device_requests = []
+    if assignment.host_uuids:
+        device_requests.append(
+            docker.types.DeviceRequest(device_ids=assignment.host_uuids, capabilities=[["gpu"]])
+        )
+    return dict(
+        image=image.id,
+        name=name,
+        environment=env,
+        volumes=volumes,
+        labels=labels,
+        user=f"{os.getuid()}:{os.getgid()}",
+        network_mode="none",
+        privileged=False,
+        device_requests=device_requests or None,
+        shm_size="1g",  # PyTorch and vLLM use /dev/shm; Docker's default 64 MB is too small
+        working_dir="/tmp",
+        detach=True,
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(client: Any) -> list[str]:
+    """Remove llem containers whose orchestrator (on this host) is gone."""
+    host = platform.node()
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}.owner_host={host}"}):
+        pid = int(c.labels.get(f"{LABEL}.owner_pid", "0") or 0)
+        if pid and not _pid_alive(pid):
+            c.remove(force=True)
+            removed.append(c.name)
+    return removed
+
+
+def _container_name(run_dir: Path) -> str:
+    study = run_dir.parent.parent.name
+    raw = f"llem-{study}-{run_dir.name}"
+    return "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in raw)[:200]
+
+
+@register_runner("docker")
+class DockerRunner:
+    name = "docker"
+
+    def __init__(self) -> None:
+        self.client = docker_client()
+        self.host_gpus = nvml_inventory()
+        self.images: dict[str, ImageInfo] = {}  # backend -> image
+        self.reaped = reap_orphans(self.client)
+
+    def describe(self) -> str:
+        v = self.client.version().get("Version", "?")
+        tags = ", ".join(i.ref for i in self.images.values()) or "per backend"
+        return f"docker runner: a fresh container per run (engine {v}; image {tags})"
+
+    def resolve_device(self, spec: str) -> str:
+        return assign_device(spec, self.host_gpus).inside
+
+    def prepare(self, study: Any, notify: Notify, build: bool = True) -> None:
+        if self.reaped:
+            notify(f"removed {len(self.reaped)} orphaned container(s): {', '.join(self.reaped)}")
+        for backend in sorted({e.config.backend for e in study.experiments}):
+            spec = spec_for(backend)
+            base = base_for(spec)
+            tag = image_tag(spec, base)
+            image = find_image(self.client, tag)
+            if image is None:
+                if find_image(self.client, base) is None:
+                    raise UserError(
+                        f"backend '{backend}': image {tag} is not built and its base {base} is not "
+                        f"available locally; build it with `{build_command(spec, base)}` "
+                        "(or `make images`), or use --runner local"
+                    )
+                if not build:
+                    notify(f"image {tag} for backend '{backend}' will be built from {base}")
+                    continue
+                notify(f"building image {tag} for backend '{backend}' from {base} (once)")
+                image = build_image(self.client, spec, base, log=notify)
+            self.images[backend] = ImageInfo.of(image, tag)
+
+    def execute(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        timeout_s: float | None,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> RunOutcome:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        image = self.images[config.backend]
+        assignment = assign_device(config.device, self.host_gpus)
+        labels = {
+            f"{LABEL}.study": run_dir.parent.parent.name,
+            f"{LABEL}.run_id": run_dir.name,
+            f"{LABEL}.tool_version": __version__,
+            f"{LABEL}.owner_pid": str(os.getpid()),
+            f"{LABEL}.owner_host": platform.node(),
+        }
+        name = _container_name(run_dir)
+        self._remove_if_present(name)  # a leftover from an interrupted attempt
+        container = self.client.containers.create(
+            **container_spec(config, run_dir, image, assignment, name, labels)
+        )
+        log_thread: threading.Thread | None = None
+        t0 = time.monotonic()
+        try:
+            container.start()
+            log_thread = threading.Thread(
+                target=self._copy_logs, args=(container, run_dir / contract.LOG_FILE), daemon=True
+            )
+            log_thread.start()
+            while True:
+                container.reload()
+                if container.status in ("exited", "dead"):
+                    rc = container.attrs["State"]["ExitCode"]
+                    break
+                elapsed = time.monotonic() - t0
+                if on_tick:
+                    on_tick(elapsed)
+                if timeout_s is not None and elapsed > timeout_s:
+                    container.stop(timeout=STOP_GRACE_S)
+                    return read_outcome(
+                        run_dir, None, reason=f"timed out after {timeout_s:g} s (execution.run_timeout_s)"
+                    )
+                time.sleep(0.25)
+        except BaseException:
+            try:
+                container.stop(timeout=STOP_GRACE_S)  # SIGTERM: the harness writes error.json
+            finally:
+                raise
+        finally:
+            if log_thread is not None:
+                log_thread.join(timeout=10)
+            container.remove(force=True)
+        return read_outcome(run_dir, rc)
+
+    def _remove_if_present(self, name: str) -> None:
+        import docker
+
+        try:
+            self.client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    @staticmethod
+    def _copy_logs(container: Any, path: Path) -> None:
+        with open(path, "wb") as f:
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                f.write(chunk)
+                f.flush()
