@@ -154,7 +154,7 @@ def images_list() -> None:
     client = docker_client()
     for name, spec in IMAGES.items():
         base = base_for(spec)
-        tag = image_tag(spec, base)
+        tag = image_tag(spec, base, client)
         image = find_image(client, tag)
         state = f"present {image.id[:19]}" if image else "missing"
         digests = ", ".join(image.attrs.get("RepoDigests") or []) if image else ""

@@ -71,7 +71,7 @@ def _docker() -> Check:
         client = docker.from_env(timeout=3)
         client.ping()
         v = client.version().get("Version", "?")
-        return Check("runtime", "Docker engine", True, f"reachable, version {v}; the Docker runner is not in this version yet")
+        return Check("runtime", "Docker engine", True, f"reachable, version {v}")
     except ImportError:
         return Check("runtime", "Docker engine", False, "docker SDK not installed")
     except Exception as e:  # noqa: BLE001 - any failure means unreachable

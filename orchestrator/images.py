@@ -90,8 +90,18 @@ def content_hash(spec: ImageSpec) -> str:
     return h.hexdigest()
 
 
-def image_tag(spec: ImageSpec, base: str) -> str:
-    b = hashlib.sha256(base.encode()).hexdigest()[:8]
+def base_identity(client: Any | None, base: str) -> str:
+    """A digest-pinned reference is its own identity; a mutable tag (a local base
+    such as llem-base:bookworm-cpu) is identified by the image it points to now,
+    so rebuilding the base makes the images built on it stale."""
+    if "@sha256:" in base or client is None:
+        return base
+    image = find_image(client, base)
+    return image.id if image is not None else base
+
+
+def image_tag(spec: ImageSpec, base: str, client: Any | None = None) -> str:
+    b = hashlib.sha256(base_identity(client, base).encode()).hexdigest()[:8]
     return f"{spec.repository}:{content_hash(spec)[:12]}-{b}"
 
 
@@ -140,12 +150,13 @@ class BuildError(Failure):
 def build_image(
     client: Any, spec: ImageSpec, base: str, log: Callable[[str], None] = print
 ) -> Any:
-    tag = image_tag(spec, base)
+    tag = image_tag(spec, base, client)
     labels = {
         f"{LABEL}.backend": spec.backend,
         f"{LABEL}.harness_version": __version__,
         f"{LABEL}.content_hash": content_hash(spec),
         f"{LABEL}.base_image": base,
+        f"{LABEL}.base_identity": base_identity(client, base),
     }
     tail: list[str] = []
     stream = client.api.build(

@@ -80,6 +80,8 @@ def docker_image(tiny_model: Path) -> str:
         pytest.skip(reason)
     r = llem("images", "build", "pytorch", "--base", LOCAL_BASE, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
+    import docker
+
     from orchestrator.images import IMAGES, image_tag
 
-    return image_tag(IMAGES["pytorch"], LOCAL_BASE)
+    return image_tag(IMAGES["pytorch"], LOCAL_BASE, docker.from_env())

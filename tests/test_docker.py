@@ -17,7 +17,7 @@ import yaml
 
 from backends.config import ExperimentConfig
 from orchestrator.runners.docker import GpuAssignment, ImageInfo, assign_device, container_spec
-from tests.conftest import DOCKER_ENV, REPO, llem, write
+from tests.conftest import DOCKER_ENV, LOCAL_BASE, REPO, llem, write
 
 TINY = """
 model: llem/tiny-llama
@@ -236,3 +236,22 @@ def test_orphaned_containers_are_reaped(docker_image):
             c.remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+def test_rebuilding_a_mutable_base_makes_its_images_stale(docker_image):
+    import docker
+
+    from orchestrator.images import IMAGES, image_tag
+
+    client = docker.from_env()
+    spec = IMAGES["pytorch"]
+    client.images.get(docker_image).tag("llem-test-base", "mutable")  # stands in for a base
+    try:
+        before = image_tag(spec, "llem-test-base:mutable", client)
+        client.images.get(LOCAL_BASE).tag("llem-test-base", "mutable")  # the "base" is rebuilt
+        after = image_tag(spec, "llem-test-base:mutable", client)
+        assert before != after
+        pinned = "repo/x:1@sha256:" + "0" * 64
+        assert image_tag(spec, pinned, client) == image_tag(spec, pinned)  # digest refs: by name
+    finally:
+        client.images.remove("llem-test-base:mutable", noprune=True)

@@ -206,7 +206,7 @@ class DockerRunner:
         for backend in sorted({e.config.backend for e in study.experiments}):
             spec = spec_for(backend)
             base = base_for(spec)
-            tag = image_tag(spec, base)
+            tag = image_tag(spec, base, self.client)
             image = find_image(self.client, tag)
             if image is None:
                 if find_image(self.client, base) is None:

@@ -15,7 +15,7 @@ def _missing_images(client: Any, backends: set[str]) -> list[str]:
     for backend in sorted(backends):
         spec = spec_for(backend)
         base = base_for(spec)
-        if find_image(client, image_tag(spec, base)) is None and find_image(client, base) is None:
+        if find_image(client, image_tag(spec, base, client)) is None and find_image(client, base) is None:
             missing.append(f"image for '{backend}' is not built (`{build_command(spec, base)}`)")
     return missing
 
