@@ -22,7 +22,7 @@ import torch
 from backends.config import ExperimentConfig
 from backends.harness.protocol import run_experiment
 from backends.prompts import load_prompts
-from backends.pytorch import PyTorchBackend
+from backends.pytorch import PyTorchBackend, _TimestampStreamer
 
 
 def bare_tokens_per_s(backend: PyTorchBackend, prepared: list) -> float:
@@ -35,6 +35,18 @@ def bare_tokens_per_s(backend: PyTorchBackend, prepared: list) -> float:
             tokens += (out.shape[1] - batch.inputs["input_ids"].shape[1]) * out.shape[0]
     backend.synchronize()
     return tokens / (time.perf_counter() - t0)
+
+
+def streamer_cost_s(batch_size: int, steps: int = 20000) -> float:
+    """Seconds the per-token timestamping adds to one decoding step (deterministic
+    part of the overhead; the end-to-end ratio above is noise-limited on small machines)."""
+    tokens = torch.zeros(batch_size, dtype=torch.long)
+    s = _TimestampStreamer(batch_size, eos_id=None, stop_at_eos=False)
+    s.put(tokens)  # the prompt
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        s.put(tokens)
+    return (time.perf_counter() - t0) / steps
 
 
 def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -71,6 +83,9 @@ def main() -> None:
             b = bare_tokens_per_s(bare, prepared)
             ratios.append(h / b)
             print(f"repeat {i + 1}: harness {h:8.1f} tok/s   bare {b:8.1f} tok/s   ratio {h / b:.3f}")
+    step_s = args.batch_size / b  # seconds per decoding step in the bare loop (last repeat)
+    put_s = streamer_cost_s(args.batch_size)
+    print(f"timestamping cost per step: {put_s * 1e6:.1f} us = {put_s / step_s:.3%} of a {step_s * 1e3:.2f} ms step")
     lo, hi = bootstrap_ci(ratios)
     print(
         f"harness/bare throughput ratio: median {statistics.median(ratios):.3f} "
