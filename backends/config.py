@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,21 +53,76 @@ class PyTorchConfig(_Strict):
         return self
 
 
+class SamplingConfig(_Strict):
+    """Decoding, the same for every backend. temperature 0 = greedy."""
+
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = no top-k filtering.")
+
+
+VLLM_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
+VLLM_QUANTIZATION = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors",
+                     "modelopt", "modelopt_fp4", "mxfp4", "torchao")
+
+
 class VLLMConfig(_Strict):
-    """vLLM offline engine. The adapter is not implemented yet; validated only."""
+    """vLLM offline engine (EngineArgs names; None = vLLM's own default)."""
 
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_num_seqs: int = Field(256, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    kv_cache_dtype: Literal[VLLM_KV_CACHE_DTYPES] = "auto"  # type: ignore[valid-type]
+    quantization: Literal[VLLM_QUANTIZATION] | None = None  # type: ignore[valid-type]
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = False
+    max_model_len: int | None = Field(None, ge=1)
 
 
 class TensorRTConfig(_Strict):
-    """TensorRT-LLM LLM API. The adapter is not implemented yet; validated only."""
+    """TensorRT-LLM (LLM API, TensorRT engine flow). Build settings define the
+    engine (and its cache key); runtime settings do not."""
 
+    # build settings
     dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     max_batch_size: int = Field(8, ge=1)
+    max_num_tokens: int | None = Field(None, ge=1)
+    max_input_len: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    quantization: Literal["none", "fp8", "int8_weight_only", "int8_smoothquant",
+                          "w4a16_awq", "w4a16_gptq"] = "none"
+    kv_cache_quantization: Literal["none", "fp8", "int8"] = "none"
+    builder_opt_level: int | None = Field(None, ge=0, le=5)
+    # runtime settings
+    kv_cache_enable_block_reuse: bool = True
+    kv_cache_free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)
 
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "kv_cache_enable_block_reuse", "kv_cache_free_gpu_memory_fraction",
+    )
+
+    def build_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUNTIME_FIELDS}
+
+
+LORA_UNSUPPORTED = {
+    "pytorch": (
+        "lora_adapter: the pytorch backend does not apply LoRA adapters (vllm does); merge the "
+        "adapter into the base weights (peft: merge_and_unload, then save_pretrained) and point "
+        "model: at the merged directory, or use backend: vllm"
+    ),
+    "tensorrt": (
+        "lora_adapter: TensorRT-LLM builds its engine from one set of weights, so a LoRA adapter "
+        "must be merged first (peft: merge_and_unload, then save_pretrained) and model: must point "
+        "at the merged checkpoint; backend vllm applies adapters unmerged"
+    ),
+}
 
 SECTION_MODELS: dict[str, type[BaseModel]] = {
     "pytorch": PyTorchConfig,
@@ -91,6 +146,10 @@ class ExperimentConfig(_Strict):
     seed: int = 42
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    lora_adapter: str | None = Field(
+        None, description="PEFT LoRA adapter directory, applied on top of model (vLLM only)."
+    )
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None
@@ -117,6 +176,8 @@ class ExperimentConfig(_Strict):
                     f"section '{name}:' is set but backend is '{self.backend}'; "
                     f"remove the section or set backend: {name}"
                 )
+        if self.lora_adapter is not None and self.backend != "vllm":
+            raise ValueError(LORA_UNSUPPORTED[self.backend])
         # Fill the backend's own section with its defaults, so that an omitted
         # section and an explicit one with default values hash the same.
         if getattr(self, self.backend) is None:

@@ -7,7 +7,6 @@ timestamp is taken (no extra synchronisation needed).
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -94,10 +93,15 @@ class PyTorchBackend:
             model.forward = torch.compile(model.forward)
 
         n = self.config.max_output_tokens
+        sampling = self.config.sampling
+        decode: dict[str, Any] = {"do_sample": False}
+        if sampling.temperature > 0:
+            decode = {"do_sample": True, "temperature": sampling.temperature,
+                      "top_p": sampling.top_p, "top_k": sampling.top_k or None}
         self.generation_config = GenerationConfig(
             max_new_tokens=n,
             min_new_tokens=n if self.config.ignore_eos else None,
-            do_sample=False,
+            **decode,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             bos_token_id=tok.bos_token_id,
@@ -156,13 +160,3 @@ class PyTorchBackend:
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
-
-    def reset_peak_memory(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_memory_mb(self) -> float:
-        """GPU: peak allocated by torch since the last reset. CPU: process peak RSS."""
-        if self.device.startswith("cuda"):
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -52,23 +52,25 @@ class Backend(Protocol):
         ...
 
     def generate(self, prepared: Any, max_batches: int | None = None) -> list[RequestRecord]:
-        """Run the workload (or its first `max_batches` batches, for warm-up)."""
+        """Run the workload (or its first `max_batches` batches, for warm-up; for
+        continuous-batching engines a "batch" is as many requests as the engine
+        runs at once)."""
         ...
 
     def synchronize(self) -> None:
         """Wait until the device has finished all queued work."""
         ...
 
-    def reset_peak_memory(self) -> None: ...
-
-    def peak_memory_mb(self) -> float: ...
-
 
 BackendFactory = Callable[[ExperimentConfig], Backend]
 
 # backend name -> module that registers it (imported lazily: vLLM and TensorRT-LLM
 # are heavy and exist only in their own images).
-_ADAPTER_MODULES: dict[str, str] = {"pytorch": "backends.pytorch"}
+_ADAPTER_MODULES: dict[str, str] = {
+    "pytorch": "backends.pytorch",
+    "vllm": "backends.vllm",
+    "tensorrt": "backends.tensorrt",
+}
 _FACTORIES: dict[str, BackendFactory] = {}
 
 

@@ -23,6 +23,15 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
+def _other_backends_with(loc: tuple[Any, ...]) -> list[str]:
+    """Backends whose section has this key, when it was given in another's section."""
+    from backends.config import SECTION_MODELS
+
+    if len(loc) != 2 or loc[0] not in SECTION_MODELS:
+        return []
+    return [name for name, m in SECTION_MODELS.items() if name != loc[0] and loc[1] in m.model_fields]
+
+
 def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
     lines = []
     for err in exc.errors():
@@ -31,7 +40,10 @@ def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = ""
         if err["type"] == "extra_forbidden":
             hint = ""
             close = difflib.get_close_matches(str(loc[-1]), _fields_at(model, loc), n=1)
-            if close:
+            owners = _other_backends_with(loc)
+            if owners:
+                hint = f" for backend {loc[0]} (it is a setting of {' and '.join(owners)}; put it in that section)"
+            elif close:
                 hint = f" (did you mean '{close[0]}'?)"
             lines.append(f"{where}: unknown key{hint}; remove it or fix its spelling")
             continue

@@ -31,7 +31,9 @@ class Metrics(BaseModel):
     itl_ms_p90: float | None
     itl_ms_p99: float | None
     model_load_s: float
-    peak_memory_mb: float  # GPU: peak allocated in the window; CPU: process peak RSS
+    # GPU: peak memory in use on the run's GPUs in the window (NVML, 100 ms samples,
+    # device-level); CPU: the run process's peak RSS
+    peak_memory_mb: float | None
     energy_j: float | None  # gross energy of the window, all measured devices
     energy_per_output_token_j: float | None  # energy_j / output_tokens
     avg_power_w: float | None  # energy_j / duration_s
@@ -52,7 +54,7 @@ def compute_metrics(
     reading: EnergyReading,
     *,
     model_load_s: float,
-    peak_memory_mb: float,
+    peak_memory_mb: float | None,
     n_parameters: int,
     baseline_power_w: float | None,
 ) -> Metrics:

@@ -8,6 +8,7 @@ measured window over the dataset (device-synchronised at both edges) -> metrics.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,15 +87,19 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         time.sleep(m.thermal_stabilisation_s)
         stabilisation_s = time.perf_counter() - t
 
-        backend.reset_peak_memory()
         backend.synchronize()
-        sampler.phase = "window"
+        sampler.mark("window")
         log.info("measured window: %d prompts", len(prompts))
         with measured(meter) as window:
             records = backend.generate(prepared)
             backend.synchronize()
+        sampler.mark("window")  # closing edge sample
         sampler.phase = "done"
-        peak_mb = backend.peak_memory_mb()
+
+    if device == "cpu":
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    else:
+        peak_mb = sampler.peak_gpu_memory_mb("window")
 
     reading = window[0]
     metrics = compute_metrics(

@@ -36,6 +36,11 @@ class Sampler:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def mark(self, phase: str) -> None:
+        """Enter a phase and sample at once, so even a short phase has its edge samples."""
+        self.phase = phase
+        self._sample()
+
     def _loop(self) -> None:
         next_t = time.perf_counter()
         while not self._stop.is_set():
@@ -56,6 +61,14 @@ class Sampler:
                      temperature_c=g.temperature_c(), memory_used_mb=g.memory_used_mb(),
                      utilization_pct=g.utilization_pct())
             )
+
+    def peak_gpu_memory_mb(self, phase: str) -> float | None:
+        """Peak over the phase's samples of memory used on the run's GPUs, summed per sample."""
+        per_t: dict[float, float] = {}
+        for r in self.rows:
+            if r["phase"] == phase and r["device"] != "process" and r["memory_used_mb"] is not None:
+                per_t[r["t_s"]] = per_t.get(r["t_s"], 0.0) + r["memory_used_mb"]
+        return max(per_t.values()) if per_t else None
 
     def coverage(self, phase: str, duration_s: float) -> float | None:
         """Samples received in a phase / samples expected for its duration."""
