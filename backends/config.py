@@ -135,6 +135,9 @@ class ExperimentConfig(_Strict):
     """One experiment: a model, a workload, a backend and its settings."""
 
     model: str = Field(description="Built-in name (llem/tiny-llama), local directory or HF id.")
+    model_revision: str | None = Field(
+        None, description="Hugging Face revision (a commit hash pins it); local models ignore it."
+    )
     backend: BackendName = "pytorch"
     dataset: str = Field("synthetic", description="synthetic, aienergyscore or a JSONL path.")
     n_prompts: int = Field(64, ge=1)

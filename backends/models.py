@@ -110,8 +110,9 @@ def ensure_builtin(name: str) -> Path:
     return dest
 
 
-def resolve_model(name: str) -> Path:
-    """Where the model's files are: built-in, local directory, or HF cache snapshot."""
+def resolve_model(name: str, revision: str | None = None) -> Path:
+    """Where the model's files are: built-in, local directory, or HF cache snapshot
+    (at `revision` when given)."""
     if name in BUILTIN_MODELS:
         return ensure_builtin(name)
     local = Path(name).expanduser()
@@ -127,12 +128,14 @@ def resolve_model(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=True))
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means "not in the cache"
+        at = f" at revision {revision}" if revision else ""
+        cmd = f"hf download {name}" + (f" --revision {revision}" if revision else "")
         raise ModelNotFound(
-            f"model: '{name}' is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
-            "not a local directory and not in the Hugging Face cache; download it first "
-            f"with `hf download {name}` (set HF_TOKEN for gated models)"
+            f"model: '{name}'{at} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            f"not a local directory and not in the Hugging Face cache; download it first "
+            f"with `{cmd}` (set HF_TOKEN for gated models)"
         ) from None
 
 

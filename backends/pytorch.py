@@ -65,7 +65,7 @@ class PyTorchBackend:
     def load(self) -> LoadedModel:
         self.device = run_device(self.config.device)
         dtype_name = resolve_dtype(self.section.dtype, self.device)
-        path = resolve_model(self.config.model)
+        path = resolve_model(self.config.model, self.config.model_revision)
 
         kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
         if self.section.attn_implementation != "auto":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.images import image_status
 from orchestrator.display import Progress, console, print_plan, print_summary
 from orchestrator.manifest import Manifest, utc_now
 from orchestrator.plan import PlannedRun, order_runs
@@ -73,14 +74,26 @@ def run(
     study = load_study(Path(study_file), cycles=cycles)
     notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
     the_runner = select_runner(runner, study, notify)
-    resolved = check_study(study, the_runner, notify=notify)
-    the_runner.prepare(study, notify, build=not dry_run)
+    resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)
+    runnable = all(r.problem is None for r in resolved.values())
+    if not dry_run or runnable:
+        the_runner.prepare(study, notify, build=not dry_run)
     ex = study.execution
     plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
-    print_plan(out, study, plan, resolved, the_runner.describe())
+    images = image_status({e.config.backend for e in study.experiments}) if the_runner.name == "docker" or dry_run else None
+    print_plan(out, study, plan, resolved, the_runner.describe(), images=images)
     result = StudyRun(study=study, plan=plan)
     if dry_run:
-        out.print("dry run: nothing was run")
+        problems: dict[str, list[int]] = {}
+        for i, r in resolved.items():
+            if r.problem:
+                problems.setdefault(r.problem, []).append(i)
+        for problem, indices in problems.items():
+            which = "experiment " + ", ".join(map(str, indices)) if len(indices) < len(resolved) else "every experiment"
+            out.print(f"not runnable here ({which}): {problem}", markup=False)
+        n_bad = sum(len(v) for v in problems.values())
+        out.print("dry run: nothing was run" + (f" ({n_bad} experiment(s) could not run on this "
+                  "machine as it is)" if n_bad else ""))
         return result
 
     study_dir = _new_study_dir(Path(output), study.name)

@@ -31,8 +31,22 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return f"{v:.{digits}f}" if abs(v) >= 0.01 else f"{v:.3g}"
 
 
+SHARED_COLUMNS = (
+    ("model", lambda c: c.model + (f"@{c.model_revision[:12]}" if c.model_revision else "")),
+    ("dataset", lambda c: c.dataset),
+    ("prompts", lambda c: str(c.n_prompts)),
+    ("in/out tokens", lambda c: f"{c.max_input_tokens}/{c.max_output_tokens}"),
+)
+
+
 def print_plan(
-    out: Console, study: Study, runs: list[PlannedRun], resolved: dict[int, Resolved], runner_desc: str
+    out: Console,
+    study: Study,
+    runs: list[PlannedRun],
+    resolved: dict[int, Resolved],
+    runner_desc: str,
+    images: dict[str, str] | None = None,
+    engines: dict[int, str] | None = None,
 ) -> None:
     ex = study.execution
     out.print(
@@ -40,20 +54,36 @@ def print_plan(
         f"cycle(s) = {len(runs)} run(s), order {ex.order}"
         + (f" (seed {ex.shuffle_seed})" if ex.order == "shuffled" else "")
     )
-    out.print(f"runs on: {runner_desc}")
+    out.print(f"runs on: {runner_desc}", markup=False)
     if ex.gap_between_runs_s or ex.gap_between_cycles_s:
         out.print(f"gaps: {ex.gap_between_runs_s:g} s between runs, {ex.gap_between_cycles_s:g} s between cycles")
     for note in study.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {note}", markup=False)
+    # settings every experiment shares are printed once, not as columns
+    varying = []
+    for name, get in SHARED_COLUMNS:
+        values = {get(e.config) for e in study.experiments}
+        if len(values) == 1:
+            out.print(f"{name}: {values.pop()}", markup=False)
+        else:
+            varying.append((name, get))
     t = Table(title="experiments", title_justify="left")
-    for col in ("#", "id", "settings", "backend", "model", "device", "dataset", "prompts", "in/out tokens"):
-        t.add_column(col)
+    cols = ["#", "id", "settings", "backend", "device", *(n for n, _ in varying)]
+    if images:
+        cols.append("image")
+    if engines:
+        cols.append("TensorRT-LLM engine")
+    for col in cols:
+        t.add_column(col, overflow="fold")
     for e in study.experiments:
         c = e.config
-        t.add_row(
-            str(e.index), e.id[:12], e.label, c.backend, c.model, resolved[e.index].device,
-            c.dataset, str(c.n_prompts), f"{c.max_input_tokens}/{c.max_output_tokens}",
-        )
+        row = [str(e.index), e.id[:12], e.label, c.backend, resolved[e.index].device]
+        row += [get(c) for _, get in varying]
+        if images:
+            row.append(images.get(c.backend, ""))
+        if engines:
+            row.append(engines.get(e.index, ""))
+        t.add_row(*row)
     out.print(t)
     out.print("order: " + " ".join(r.run_id for r in runs))
 

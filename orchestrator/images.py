@@ -181,3 +181,20 @@ def build_image(
     image = client.images.get(tag)
     log(f"built {tag} ({image.id[:19]})")
     return image
+
+
+def image_status(backends: set[str]) -> dict[str, str]:
+    """Backend -> "<expected tag> (present|missing|engine unreachable)", for plans."""
+    try:
+        client = docker_client(timeout=3)
+    except UserError:
+        client = None
+    out = {}
+    for backend in sorted(backends):
+        spec = spec_for(backend)
+        tag = image_tag(spec, base_for(spec), client)
+        if client is None:
+            out[backend] = f"{tag} (no Docker engine)"
+        else:
+            out[backend] = f"{tag} ({'present' if find_image(client, tag) else 'missing'})"
+    return out

@@ -21,6 +21,7 @@ from orchestrator.study import Study
 class Resolved:
     device: str
     model_path: str
+    problem: str | None = None  # why this experiment can't run here (dry runs only)
 
 
 def _has(module: str) -> bool:
@@ -53,55 +54,66 @@ def _check_backend_settings(cfg: ExperimentConfig, device: str) -> None:
 GPU_ONLY_BACKENDS = ("vllm", "tensorrt")
 
 
+def _check_one(
+    cfg: ExperimentConfig, runner: Runner, notify: Callable[[str], None],
+    models: dict[tuple[str, str | None], str], datasets: dict[str, int],
+) -> Resolved:
+    try:
+        device = runner.resolve_device(cfg.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.backend in GPU_ONLY_BACKENDS and device == "cpu":
+        raise UserError(
+            f"backend: '{cfg.backend}' needs an NVIDIA GPU and this run would be on the CPU "
+            f"(no GPU visible to the {runner.name} runner); use backend: pytorch here"
+        )
+    if cfg.backend not in implemented_backends():
+        raise UserError(
+            f"backend: '{cfg.backend}' has no adapter in this version of llem "
+            f"(available: {', '.join(implemented_backends())}); remove it from the study"
+        )
+    _check_backend_settings(cfg, device)
+
+    key = (cfg.model, cfg.model_revision)
+    if key not in models:
+        if cfg.model in BUILTIN_MODELS:
+            notify(f"preparing built-in model {cfg.model} (built once, then cached)")
+        try:
+            models[key] = str(resolve_model(cfg.model, cfg.model_revision))
+        except ModelNotFound as e:
+            raise UserError(str(e)) from None
+
+    if cfg.dataset not in datasets:
+        try:
+            path = dataset_path(cfg.dataset)
+            datasets[cfg.dataset] = len(read_jsonl_prompts(path)) if path else -1
+        except DatasetError as e:
+            raise UserError(str(e)) from None
+    available = datasets[cfg.dataset]
+    if 0 <= available < cfg.n_prompts:
+        raise UserError(
+            f"n_prompts: {cfg.n_prompts} requested but dataset '{cfg.dataset}' has only "
+            f"{available} prompts; lower n_prompts"
+        )
+    return Resolved(device=device, model_path=models[key])
+
+
 def check_study(
-    study: Study, runner: Runner, notify: Callable[[str], None] = print
+    study: Study, runner: Runner, notify: Callable[[str], None] = print, strict: bool = True
 ) -> dict[int, Resolved]:
-    """Resolve every experiment's device, model and dataset, or raise UserError
-    naming the experiment and the fix."""
+    """Resolve every experiment's device, model and dataset. Strict (a real run):
+    the first problem raises UserError naming the experiment and the fix. Not
+    strict (a dry run): problems are returned in `Resolved.problem` instead, so
+    the plan can still be shown on a machine that can't run it."""
     resolved: dict[int, Resolved] = {}
-    models: dict[str, str] = {}
+    models: dict[tuple[str, str | None], str] = {}
     datasets: dict[str, int] = {}
     for exp in study.experiments:
-        cfg = exp.config
         where = f"experiment {exp.index} ({exp.label})" if study.is_study else "experiment"
         try:
-            try:
-                device = runner.resolve_device(cfg.device)
-            except ValueError as e:
-                raise UserError(str(e)) from None
-            if cfg.backend in GPU_ONLY_BACKENDS and device == "cpu":
-                raise UserError(
-                    f"backend: '{cfg.backend}' needs an NVIDIA GPU and this run would be on the CPU "
-                    f"(no GPU visible to the {runner.name} runner); use backend: pytorch here"
-                )
-            if cfg.backend not in implemented_backends():
-                raise UserError(
-                    f"backend: '{cfg.backend}' has no adapter in this version of llem "
-                    f"(available: {', '.join(implemented_backends())}); remove it from the study"
-                )
-            _check_backend_settings(cfg, device)
-
-            if cfg.model not in models:
-                if cfg.model in BUILTIN_MODELS:
-                    notify(f"preparing built-in model {cfg.model} (built once, then cached)")
-                try:
-                    models[cfg.model] = str(resolve_model(cfg.model))
-                except ModelNotFound as e:
-                    raise UserError(str(e)) from None
-
-            if cfg.dataset not in datasets:
-                try:
-                    path = dataset_path(cfg.dataset)
-                    datasets[cfg.dataset] = len(read_jsonl_prompts(path)) if path else -1
-                except DatasetError as e:
-                    raise UserError(str(e)) from None
-            available = datasets[cfg.dataset]
-            if 0 <= available < cfg.n_prompts:
-                raise UserError(
-                    f"n_prompts: {cfg.n_prompts} requested but dataset '{cfg.dataset}' has only "
-                    f"{available} prompts; lower n_prompts"
-                )
+            resolved[exp.index] = _check_one(exp.config, runner, notify, models, datasets)
         except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-        resolved[exp.index] = Resolved(device=device, model_path=models[cfg.model])
+            if strict:
+                raise UserError(f"{where}: {e}") from None
+            resolved[exp.index] = Resolved(device="-", model_path="-", problem=str(e))
     return resolved
