@@ -164,5 +164,63 @@ def images_list() -> None:
             click.echo(f"{'':9} stale: {', '.join(old.tags) or old.id[:19]} (built from other harness content)")
 
 
+@main.group("cache")
+def cache_group() -> None:
+    """The TensorRT-LLM engine cache ($LLEM_TRT_CACHE_DIR, else <llem cache>/trt-engines)."""
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+@cache_group.command("list")
+@_guard
+def cache_list() -> None:
+    """Cached engines, most recently used first."""
+    from orchestrator.display import console
+    from orchestrator.trt_cache import cache_root, list_engines
+
+    entries = list_engines()
+    if not entries:
+        click.echo(f"no cached engines in {cache_root()}")
+        return
+    from rich.table import Table
+
+    t = Table(show_header=True, title=str(cache_root()))
+    for col in ("key", "model", "build settings", "size", "build s", "created", "last used", "state"):
+        t.add_column(col)
+    for e in entries:
+        state = f"damaged: {e.problem}" if e.problem else ("in use" if e.in_use else "ok")
+        t.add_row(e.key[:12], e.model, e.settings_summary if e.material else "?", _gb(e.size_bytes),
+                  f"{e.build_seconds:.1f}" if e.build_seconds is not None else "-",
+                  e.created_at or "-", e.last_used_at or "-", state)
+    console().print(t)
+    click.echo(f"{len(entries)} engine(s), {_gb(sum(e.size_bytes for e in entries))}")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", "older_than", type=float, default=None, metavar="DAYS",
+              help="Remove engines not used for DAYS days.")
+@click.option("--max-size", "max_size", type=float, default=None, metavar="GB",
+              help="Then remove least recently used engines until the cache is at most GB (10^9 bytes).")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@_guard
+def cache_prune(older_than: float | None, max_size: float | None, dry_run: bool) -> None:
+    """Remove damaged, old or least recently used engines; never one a run is using.
+
+    Without --older-than or --max-size only damaged entries and leftovers of
+    interrupted builds are removed.
+    """
+    from orchestrator.trt_cache import prune
+
+    removed = prune(older_than_days=older_than, max_total_gb=max_size, dry_run=dry_run,
+                    notify=lambda m: click.echo(m, err=True))
+    verb = "would remove" if dry_run else "removed"
+    for e in removed:
+        why = f" (damaged: {e.problem})" if e.problem else f" (last used {e.last_used_at})"
+        click.echo(f"{verb} {e.key[:12]} {e.model} {_gb(e.size_bytes)}{why}")
+    click.echo(f"{verb} {len(removed)} engine(s), {_gb(sum(e.size_bytes for e in removed))}")
+
+
 if __name__ == "__main__":
     main()
