@@ -72,7 +72,7 @@ class VLLMConfig(_Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_num_seqs: int | None = Field(None, ge=1)
     max_num_batched_tokens: int | None = Field(None, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
     kv_cache_dtype: Literal[VLLM_KV_CACHE_DTYPES] = "auto"  # type: ignore[valid-type]

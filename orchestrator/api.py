@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.engines import gpu_for, plan_engines, trtllm_version
 from orchestrator.images import image_status
 from orchestrator.display import Progress, console, print_plan, print_summary
 from orchestrator.manifest import Manifest, utc_now
@@ -81,7 +82,13 @@ def run(
     ex = study.execution
     plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
     images = image_status({e.config.backend for e in study.experiments}) if the_runner.name == "docker" or dry_run else None
-    print_plan(out, study, plan, resolved, the_runner.describe(), images=images)
+    engines = None
+    if any(e.config.backend == "tensorrt" for e in study.experiments):
+        engines = {i: p.describe() for i, p in plan_engines(study.experiments, the_runner).items()}
+        gpu = gpu_for(the_runner, next(e.config for e in study.experiments if e.config.backend == "tensorrt"))
+        notify(f"TensorRT-LLM engine keys are for TensorRT-LLM {trtllm_version()} on GPU "
+               f"{gpu['name']} (compute capability {gpu['compute_capability']}); another GPU means other keys")
+    print_plan(out, study, plan, resolved, the_runner.describe(), images=images, engines=engines)
     result = StudyRun(study=study, plan=plan)
     if dry_run:
         problems: dict[str, list[int]] = {}

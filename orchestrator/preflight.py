@@ -5,6 +5,7 @@ for a reason that was knowable up front (missing dataset, impossible device...).
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,6 +74,11 @@ def _check_one(
             f"(available: {', '.join(implemented_backends())}); remove it from the study"
         )
     _check_backend_settings(cfg, device)
+
+    if cfg.lora_adapter and not (Path(cfg.lora_adapter).expanduser() / "adapter_config.json").is_file():
+        raise UserError(
+            f"lora_adapter: '{cfg.lora_adapter}' is not a PEFT adapter directory (no adapter_config.json)"
+        )
 
     key = (cfg.model, cfg.model_revision)
     if key not in models:

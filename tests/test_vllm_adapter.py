@@ -219,7 +219,6 @@ def test_engine_kwargs_defaults_omit_none() -> None:
     assert kw == {
         "model": "/models/m",
         "dtype": "auto",
-        "gpu_memory_utilization": 0.9,
         "kv_cache_dtype": "auto",
         "tensor_parallel_size": 1,
         "pipeline_parallel_size": 1,
@@ -544,7 +543,7 @@ def test_metrics_from_records() -> None:
     # queued requests (5..10) wait for a whole earlier request: TTFT spreads out
     assert m.ttft_ms_p50 / 1000 >= step * 0.9
     assert m.ttft_ms_p90 / 1000 >= 5 * step * 0.9
-    assert m.ttft_ms_p90 > 2 * m.ttft_ms_p50 * 0.9
+    assert m.ttft_ms_p90 - m.ttft_ms_p50 >= 3 * step * 1000  # a later wave waits ~5 steps more
 
 
 # -- parameter count -------------------------------------------------------------------------

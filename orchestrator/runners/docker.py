@@ -25,8 +25,10 @@ from backends.harness.environment import tool_commit
 from backends.harness.gpu import nvml_inventory
 from backends.paths import cache_dir, data_dir
 from backends.prompts import BUILTIN_DATASETS
-from orchestrator.collect import RunOutcome, read_outcome
+from orchestrator.collect import RunOutcome, log_tail, read_outcome
+from orchestrator.engines import build_engines, hold_engine
 from orchestrator.errors import UserError
+from orchestrator.trt_cache import EngineBuildFailed
 from orchestrator.images import (
     LABEL, base_for, build_command, build_image, docker_client, find_image, image_tag, spec_for,
 )
@@ -36,6 +38,7 @@ RUN_DIR_IN_CONTAINER = "/llem/run"
 CACHE_IN_CONTAINER = "/llem/cache"
 DATA_IN_CONTAINER = "/llem/data"
 HF_HUB_IN_CONTAINER = "/llem/hf-hub"
+ENGINE_IN_CONTAINER = "/llem/engine"
 STOP_GRACE_S = 10
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # passed through, never written
 
@@ -129,6 +132,9 @@ def container_spec(
         if hub.exists():
             volumes[str(hub.resolve())] = {"bind": HF_HUB_IN_CONTAINER, "mode": "ro"}
             env["HF_HUB_CACHE"] = HF_HUB_IN_CONTAINER
+    if config.lora_adapter:
+        lora = Path(config.lora_adapter).expanduser().resolve()
+        volumes[str(lora)] = {"bind": str(lora), "mode": "ro"}
     if config.dataset not in BUILTIN_DATASETS:
         ds = Path(config.dataset).expanduser().resolve()
         volumes[str(ds)] = {"bind": str(ds), "mode": "ro"}
@@ -190,6 +196,7 @@ class DockerRunner:
         self.client = docker_client()
         self.host_gpus = nvml_inventory()
         self.images: dict[str, ImageInfo] = {}  # backend -> image
+        self.engines: dict[str, dict[str, Any]] = {}  # experiment id -> engine key material
         self.reaped = reap_orphans(self.client)
 
     def describe(self) -> str:
@@ -221,6 +228,26 @@ class DockerRunner:
                 notify(f"building image {tag} for backend '{backend}' from {base} (once)")
                 image = build_image(self.client, spec, base, log=notify)
             self.images[backend] = ImageInfo.of(image, tag)
+        if build:
+            self.engines = build_engines(study.experiments, self, notify)
+
+    # -- EngineHost: TensorRT-LLM engines are built in their own container
+    def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
+        try:
+            return assign_device(config.device, self.host_gpus).host_uuids
+        except ValueError:
+            return []
+
+    def build_engine(self, config: ExperimentConfig, out_dir: Path) -> None:
+        code, _ = self._run_container(
+            config, out_dir, timeout_s=None, on_tick=None,
+            name=f"llem-engine-{out_dir.name}", task="build",
+        )
+        if code != 0:
+            raise EngineBuildFailed(
+                f"engine build exited {code}; last lines of {out_dir / contract.LOG_FILE}:\n"
+                + log_tail(out_dir)
+            )
 
     def execute(
         self,
@@ -229,6 +256,27 @@ class DockerRunner:
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
     ) -> RunOutcome:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config.backend == "tensorrt":
+            with hold_engine(self.engines[config.config_hash()], config, self) as entry:
+                code, reason = self._run_container(
+                    config, run_dir, timeout_s, on_tick, _container_name(run_dir), engine=entry.path
+                )
+        else:
+            code, reason = self._run_container(config, run_dir, timeout_s, on_tick, _container_name(run_dir))
+        return read_outcome(run_dir, code, reason=reason)
+
+    def _run_container(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        timeout_s: float | None,
+        on_tick: Callable[[float], None] | None,
+        name: str,
+        engine: Path | None = None,
+        task: str | None = None,
+    ) -> tuple[int | None, str | None]:
+        """One container to completion: (exit code, failure reason if we stopped it)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         image = self.images[config.backend]
         assignment = assign_device(config.device, self.host_gpus)
@@ -239,11 +287,15 @@ class DockerRunner:
             f"{LABEL}.owner_pid": str(os.getpid()),
             f"{LABEL}.owner_host": platform.node(),
         }
-        name = _container_name(run_dir)
         self._remove_if_present(name)  # a leftover from an interrupted attempt
-        container = self.client.containers.create(
-            **container_spec(config, run_dir, image, assignment, name, labels)
-        )
+        spec = container_spec(config, run_dir, image, assignment, name, labels)
+        if engine is not None:
+            spec["volumes"][str(engine)] = {"bind": ENGINE_IN_CONTAINER, "mode": "ro"}
+            spec["environment"][contract.ENV_TRT_ENGINE_DIR] = ENGINE_IN_CONTAINER
+        if task == "build":  # the engine is written straight into the mounted directory
+            spec["entrypoint"] = ["python3", "-m", "backends.tensorrt", "build"]
+            spec["environment"][contract.ENV_TRT_ENGINE_OUT] = RUN_DIR_IN_CONTAINER
+        container = self.client.containers.create(**spec)
         log_thread: threading.Thread | None = None
         t0 = time.monotonic()
         try:
@@ -255,16 +307,13 @@ class DockerRunner:
             while True:
                 container.reload()
                 if container.status in ("exited", "dead"):
-                    rc = container.attrs["State"]["ExitCode"]
-                    break
+                    return container.attrs["State"]["ExitCode"], None
                 elapsed = time.monotonic() - t0
                 if on_tick:
                     on_tick(elapsed)
                 if timeout_s is not None and elapsed > timeout_s:
                     container.stop(timeout=STOP_GRACE_S)
-                    return read_outcome(
-                        run_dir, None, reason=f"timed out after {timeout_s:g} s (execution.run_timeout_s)"
-                    )
+                    return None, f"timed out after {timeout_s:g} s (execution.run_timeout_s)"
                 time.sleep(0.25)
         except BaseException:
             try:
@@ -275,7 +324,6 @@ class DockerRunner:
             if log_thread is not None:
                 log_thread.join(timeout=10)
             container.remove(force=True)
-        return read_outcome(run_dir, rc)
 
     def _remove_if_present(self, name: str) -> None:
         import docker

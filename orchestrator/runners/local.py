@@ -13,12 +13,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from backends import contract
 from backends.config import ExperimentConfig
 from backends.devices import resolve_device
 from backends.harness.environment import tool_commit
-from orchestrator.collect import RunOutcome, read_outcome
+from backends.harness.gpu import cuda_uuids
+from orchestrator.collect import RunOutcome, log_tail, read_outcome
+from orchestrator.engines import build_engines, hold_engine
+from orchestrator.trt_cache import EngineBuildFailed
 from orchestrator.runners.base import register_runner
 
 KILL_GRACE_S = 10.0
@@ -44,6 +48,7 @@ class LocalRunner:
 
     def __init__(self) -> None:
         self._commit = tool_commit()
+        self.engines: dict[str, dict] = {}  # experiment id -> engine key material
 
     def describe(self) -> str:
         return f"local runner: a fresh process per run ({sys.executable} -m backends)"
@@ -51,8 +56,26 @@ class LocalRunner:
     def resolve_device(self, spec: str) -> str:
         return resolve_device(spec)  # what the run's own torch will see
 
-    def prepare(self, study: object, notify: object, build: bool = True) -> None:
-        pass
+    def prepare(self, study: Any, notify: Callable[[str], None], build: bool = True) -> None:
+        if build:
+            self.engines = build_engines(study.experiments, self, notify)
+
+    # -- EngineHost: TensorRT-LLM engines are built by a process of their own
+    def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
+        try:
+            return cuda_uuids(resolve_device(config.device))
+        except ValueError:
+            return []
+
+    def build_engine(self, config: ExperimentConfig, out_dir: Path) -> None:
+        code, _ = self._run_process(
+            config, out_dir, None, None, argv=["-m", "backends.tensorrt", "build"],
+            extra_env={contract.ENV_TRT_ENGINE_OUT: str(out_dir)},
+        )
+        if code != 0:
+            raise EngineBuildFailed(
+                f"engine build exited {code}; last lines of {out_dir / contract.LOG_FILE}:\n" + log_tail(out_dir)
+            )
 
     def execute(
         self,
@@ -61,17 +84,39 @@ class LocalRunner:
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
     ) -> RunOutcome:
+        if config.backend == "tensorrt":
+            with hold_engine(self.engines[config.config_hash()], config, self) as entry:
+                code, reason = self._run_process(
+                    config, run_dir, timeout_s, on_tick,
+                    extra_env={contract.ENV_TRT_ENGINE_DIR: str(entry.path)},
+                )
+        else:
+            code, reason = self._run_process(config, run_dir, timeout_s, on_tick)
+        return read_outcome(run_dir, code, reason=reason)
+
+    def _run_process(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        timeout_s: float | None,
+        on_tick: Callable[[float], None] | None,
+        argv: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> tuple[int | None, str | None]:
+        """One `python -m backends` process to completion: (exit code, failure reason
+        if we stopped it)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)  # secrets such as HF_TOKEN reach the run via env only
         env[contract.ENV_EXPERIMENT] = config.canonical_json()
         env[contract.ENV_RUN_DIR] = str(run_dir.resolve())
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra_env or {})
         if self._commit:
             env.setdefault(contract.ENV_TOOL_COMMIT, self._commit)
         t0 = time.monotonic()
         with open(run_dir / contract.LOG_FILE, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "backends"],
+                [sys.executable, *(argv or ["-m", "backends"])],
                 env=env,
                 cwd=run_dir,
                 stdin=subprocess.DEVNULL,
@@ -82,19 +127,14 @@ class LocalRunner:
             try:
                 while True:
                     try:
-                        rc = proc.wait(timeout=0.5)
-                        break
+                        return proc.wait(timeout=0.5), None
                     except subprocess.TimeoutExpired:
                         elapsed = time.monotonic() - t0
                         if on_tick:
                             on_tick(elapsed)
                         if timeout_s is not None and elapsed > timeout_s:
                             _stop(proc)
-                            return read_outcome(
-                                run_dir, proc.returncode,
-                                reason=f"timed out after {timeout_s:g} s (execution.run_timeout_s)",
-                            )
+                            return None, f"timed out after {timeout_s:g} s (execution.run_timeout_s)"
             except BaseException:
                 _stop(proc)
                 raise
-        return read_outcome(run_dir, rc)
