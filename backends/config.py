@@ -98,9 +98,10 @@ class TensorRTConfig(_Strict):
     quantization: Literal["none", "fp8", "int8_weight_only", "int8_smoothquant",
                           "w4a16_awq", "w4a16_gptq"] = "none"
     kv_cache_quantization: Literal["none", "fp8", "int8"] = "none"
-    builder_opt_level: int | None = Field(None, ge=0, le=5)
-    # runtime settings
-    kv_cache_enable_block_reuse: bool = True
+    # (no builder optimisation level: TensorRT-LLM 1.2.1's BuildConfig has none to set)
+    # runtime settings; block reuse is off by default so that warm-up prompts
+    # don't hand the measured window a prefilled KV cache
+    kv_cache_enable_block_reuse: bool = False
     kv_cache_free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (

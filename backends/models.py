@@ -10,8 +10,10 @@ and made readable by every uid (a container user runs it too).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import struct
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -139,3 +141,42 @@ def resolve_model(name: str, revision: str | None = None) -> Path:
         ) from None
 
 
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / n for n in names]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def _safetensors_elements(path: Path) -> int:
+    """Sum of tensor elements in one safetensors file, from its JSON header only."""
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+
+
+def count_parameters(model_dir: str | Path) -> tuple[int, str]:
+    """(parameter count, how it was counted) for a checkpoint directory.
+
+    Engines that keep the model in worker processes (vLLM, TensorRT-LLM), sharded
+    over tensor-parallel ranks, can't be asked, so the count comes from the
+    checkpoint: the elements stored in its
+    safetensors files (headers only, milliseconds). Weights saved tied are stored
+    once, as `model.parameters()` counts them; packed pre-quantised weights
+    (GPTQ/AWQ int32 packing) count as stored, so such checkpoints are undercounted.
+    """
+    model_dir = Path(model_dir)
+    files = _safetensors_files(model_dir)
+    if files:
+        return sum(_safetensors_elements(p) for p in files), "safetensors headers (stored elements)"
+    try:  # no safetensors: build the architecture on the meta device (no memory, no weights)
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        return sum(p.numel() for p in model.parameters()), "transformers from_config on meta device"
+    except Exception as e:  # noqa: BLE001 - a count is not worth failing the run for
+        return 0, f"unknown ({type(e).__name__}: no safetensors and no transformers architecture)"

@@ -27,10 +27,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import math
 import os
 import shutil
-import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,14 +41,14 @@ from backends import contract
 from backends.atomic import write_json_atomic
 from backends.config import ExperimentConfig, TensorRTConfig
 from backends.devices import run_device
-from backends.models import resolve_model
+from backends.models import count_parameters, resolve_model
 from backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend
 
 TRTLLM_VERSION = "1.2.1"
 
 # Environment of the two phases (to move into backends/contract.py).
-ENV_TRT_ENGINE_DIR = "LLEM_TRT_ENGINE_DIR"  # measured run: the prebuilt engine to open
-ENV_TRT_ENGINE_OUT = "LLEM_TRT_ENGINE_OUT"  # engine build: where to write the engine
+ENV_TRT_ENGINE_DIR = contract.ENV_TRT_ENGINE_DIR  # measured run: the prebuilt engine to open
+ENV_TRT_ENGINE_OUT = contract.ENV_TRT_ENGINE_OUT  # engine build: where to write the engine
 
 # Written by build_engine next to the engine files. Not `llem_engine.json`: that
 # name belongs to the host-side engine cache (orchestrator/trt_cache.py).
@@ -183,12 +181,6 @@ def build_kwargs(config: ExperimentConfig) -> dict[str, Any]:
     on the model and the TensorRT-LLM version, both in the engine cache key).
     """
     s = _section(config)
-    if s.builder_opt_level is not None:
-        raise ValueError(
-            "tensorrt.builder_opt_level: TensorRT-LLM 1.2.1's BuildConfig has no builder "
-            "optimisation level (the LLM API always builds at TensorRT's default level 3); "
-            "remove the setting"
-        )
     llm: dict[str, Any] = {
         "dtype": s.dtype,
         "tensor_parallel_size": s.tensor_parallel_size,
@@ -276,38 +268,6 @@ def quant_config_object(api: TrtApi, quant: dict[str, Any] | None) -> Any:
     if quant is None:
         return None
     return api.QuantConfig(**{k: getattr(api.QuantAlgo, v) for k, v in quant.items()})
-
-
-# -- parameter count ----------------------------------------------------------------------
-
-
-def count_parameters(model_dir: str | Path) -> tuple[int, str]:
-    """(parameters, how counted) of a checkpoint: elements in its safetensors headers,
-    else the transformers architecture built on the meta device."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [model_dir / n for n in names]
-    else:
-        files = sorted(model_dir.glob("*.safetensors"))
-    if files:
-        total = 0
-        for path in files:
-            with path.open("rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len))
-            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-        return total, "safetensors headers (stored elements)"
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-        return sum(p.numel() for p in model.parameters()), "transformers from_config on meta device"
-    except Exception as e:  # noqa: BLE001 - a count is not worth failing a build for
-        return 0, f"unknown ({type(e).__name__})"
 
 
 # -- phase 1: engine build ----------------------------------------------------------------

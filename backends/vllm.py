@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any, Protocol
 
 from backends.config import ExperimentConfig, VLLMConfig
 from backends.devices import run_device
-from backends.models import resolve_model
+from backends.models import count_parameters, resolve_model
 from backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend
 
 log = logging.getLogger("llem.vllm")
@@ -165,49 +163,6 @@ def lora_request_kwargs(config: ExperimentConfig) -> dict[str, Any] | None:
 def tokens_prompt(token_ids: list[int]) -> dict[str, Any]:
     """A `vllm.inputs.TokensPrompt` (a TypedDict: a plain dict at run time)."""
     return {"prompt_token_ids": token_ids}
-
-
-# -- parameter count ----------------------------------------------------------------------
-
-
-def _safetensors_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [model_dir / n for n in names]
-    return sorted(model_dir.glob("*.safetensors"))
-
-
-def _safetensors_elements(path: Path) -> int:
-    """Sum of tensor elements in one safetensors file, from its JSON header only."""
-    with path.open("rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-
-
-def count_parameters(model_dir: str | Path) -> tuple[int, str]:
-    """(parameter count, how it was counted) for a checkpoint directory.
-
-    vLLM keeps the model in its worker process(es), sharded over tensor-parallel
-    ranks, so the count comes from the checkpoint: the elements stored in its
-    safetensors files (headers only, milliseconds). Weights saved tied are stored
-    once, as `model.parameters()` counts them; packed pre-quantised weights
-    (GPTQ/AWQ int32 packing) count as stored, so such checkpoints are undercounted.
-    """
-    model_dir = Path(model_dir)
-    files = _safetensors_files(model_dir)
-    if files:
-        return sum(_safetensors_elements(p) for p in files), "safetensors headers (stored elements)"
-    try:  # no safetensors: build the architecture on the meta device (no memory, no weights)
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-        return sum(p.numel() for p in model.parameters()), "transformers from_config on meta device"
-    except Exception as e:  # noqa: BLE001 - a count is not worth failing the run for
-        return 0, f"unknown ({type(e).__name__}: no safetensors and no transformers architecture)"
 
 
 # -- the adapter --------------------------------------------------------------------------

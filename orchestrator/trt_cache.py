@@ -19,7 +19,7 @@ Key material. In: the model (HF id or built-in name as written, a local
 directory as its absolute path), its revision (HF commit, or a content hash of
 the files), the TensorRT-LLM version, the GPU name and compute capability, and
 `config.tensorrt.build_settings()` (dtype, batch/token limits, parallelism,
-quantisation, KV-cache quantisation, optimisation level), plus a cache format
+quantisation, KV-cache quantisation), plus a cache format
 number. Out: everything that only changes how an existing engine is run:
 `kv_cache_free_gpu_memory_fraction`, `kv_cache_enable_block_reuse`, sampling,
 `ignore_eos`, `n_prompts`, `seed`, dataset, measurement, device index. Also
@@ -72,6 +72,7 @@ from typing import Any
 from backends.atomic import write_json_atomic
 from backends.config import ExperimentConfig, TensorRTConfig, canonical_json
 from backends.paths import cache_dir
+from orchestrator.processes import pid_alive
 from orchestrator.errors import Failure, UserError
 
 ENV_TRT_CACHE_DIR = "LLEM_TRT_CACHE_DIR"
@@ -465,13 +466,6 @@ def _flock(key: str, mode: int, *, blocking: bool = True) -> Iterator[bool]:
 # --------------------------------------------------------------------------- build
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -494,7 +488,7 @@ def clean_leftovers(*, owned_key: str | None = None) -> list[Path]:
         key, pid = m.group(1), int(m.group(2))
         if pid == os.getpid() and key == owned_key and name.startswith(".tmp-"):
             continue  # ours, in progress
-        if (key == owned_key and pid != os.getpid()) or not _pid_alive(pid):
+        if (key == owned_key and pid != os.getpid()) or not pid_alive(pid):
             shutil.rmtree(root / name, ignore_errors=True)
             removed.append(root / name)
     return removed

@@ -242,8 +242,8 @@ def test_build_config_defaults_the_workload_check_assumes() -> None:
 
 
 def test_build_config_has_no_optimisation_level() -> None:
-    """Why tensorrt.builder_opt_level is refused: nothing in BuildConfig sets TensorRT's
-    builder optimisation level. If this fails, map the setting instead of refusing it."""
+    """Why TensorRTConfig has no builder optimisation level: nothing in BuildConfig sets
+    TensorRT's. If this fails, add the setting (and it joins the engine cache key)."""
     fields = _init_fields(_class(_root(), BUILDER_PY, "BuildConfig"))
     assert not {f for f in fields if "opt_level" in f or "builder_opt" in f or "optimization" in f}
 

@@ -65,3 +65,13 @@ def test_harness_overhead_benchmark_runs(tiny_model):
     assert p.returncode == 0, p.stderr
     ratio = float(re.search(r"ratio: median ([0-9.]+)", p.stdout).group(1))
     assert 0.2 < ratio < 5  # it measured something; the real number goes in the issue note
+
+
+def test_readme_example_study_is_valid(tmp_path, tiny_model):
+    """The study shown in the README's "Study files" section loads and dry-runs."""
+    block = re.search(r"## Study files\n\n```yaml\n(.*?)```", README, re.S).group(1)
+    f = tmp_path / "readme-example.yaml"
+    f.write_text(block)
+    r = llem("run", str(f), "--dry-run", "--runner", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "9 experiment(s) x 3 cycle(s)" in r.stdout  # 4 batch sizes x 2 precisions + 1

@@ -78,7 +78,6 @@ OTHER_BUILD_VALUES = {
     "pipeline_parallel_size": 2,
     "quantization": "fp8",
     "kv_cache_quantization": "fp8",
-    "builder_opt_level": 3,
 }
 
 

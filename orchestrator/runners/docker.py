@@ -27,6 +27,7 @@ from backends.paths import cache_dir, data_dir
 from backends.prompts import BUILTIN_DATASETS
 from orchestrator.collect import RunOutcome, log_tail, read_outcome
 from orchestrator.engines import build_engines, hold_engine
+from orchestrator.processes import pid_alive
 from orchestrator.errors import UserError
 from orchestrator.trt_cache import EngineBuildFailed
 from orchestrator.images import (
@@ -160,13 +161,6 @@ def container_spec(
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -176,7 +170,7 @@ def reap_orphans(client: Any) -> list[str]:
     removed = []
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}.owner_host={host}"}):
         pid = int(c.labels.get(f"{LABEL}.owner_pid", "0") or 0)
-        if pid and not _pid_alive(pid):
+        if pid and not pid_alive(pid):
             c.remove(force=True)
             removed.append(c.name)
     return removed
@@ -295,6 +289,10 @@ class DockerRunner:
         if task == "build":  # the engine is written straight into the mounted directory
             spec["entrypoint"] = ["python3", "-m", "backends.tensorrt", "build"]
             spec["environment"][contract.ENV_TRT_ENGINE_OUT] = RUN_DIR_IN_CONTAINER
+            # Quantised builds calibrate on a dataset ModelOpt fetches from the Hub;
+            # a build is never measured, so it may use the network (runs may not).
+            spec["network_mode"] = "bridge"
+            spec["environment"].pop("HF_HUB_OFFLINE", None)
         container = self.client.containers.create(**spec)
         log_thread: threading.Thread | None = None
         t0 = time.monotonic()
