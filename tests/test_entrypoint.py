@@ -52,7 +52,7 @@ def test_successful_run_writes_a_valid_result(tiny_model, tmp_path):
 def test_batches_share_a_submission_time_and_ttft_grows_with_batch(tiny_model, tmp_path):
     out = {}
     for bs in (1, 6):
-        cfg = ExperimentConfig(model="llem/tiny-llama", n_prompts=6, max_input_tokens=64,
+        cfg = ExperimentConfig(model="llem/tiny-llama", n_prompts=6, max_input_tokens=256,
                                max_output_tokens=4, pytorch={"batch_size": bs})
         d = tmp_path / f"bs{bs}"
         assert run_backend(d, cfg.canonical_json()).returncode == 0
