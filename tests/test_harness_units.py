@@ -7,33 +7,14 @@ from __future__ import annotations
 
 import pytest
 
+from backends.harness import energy
 from backends.harness.energy import (
-    CPU_REASON, NvmlCounterMeter, UnavailableMeter, measured, select_meter,
+    EnergyReading, NvmlCounterMeter, UnavailableMeter, measured, select_meter,
 )
-from backends.harness.gpu import CounterUnsupported, GpuDiscovery
+from backends.harness.gpu import GpuDiscovery
 from backends.harness.metrics import compute_metrics
-from backends.harness.energy import EnergyReading
 from backends.registry import RequestRecord
-
-
-class FakeGpu:
-    """Fake GPU: an energy counter that advances by `watts` x wall time."""
-
-    def __init__(self, uuid: str, watts: float, supported: bool = True) -> None:
-        import time
-
-        self.index, self.name, self.uuid = 0, "FakeGPU", uuid
-        self.watts, self.supported, self._t0, self._time = watts, supported, time.perf_counter(), time.perf_counter
-
-    def total_energy_mj(self) -> int:
-        if not self.supported:
-            raise CounterUnsupported("FakeGPU: Not Supported")
-        return int((self._time() - self._t0) * self.watts * 1000)
-
-    def power_w(self): return self.watts
-    def temperature_c(self): return 40.0
-    def memory_used_mb(self): return 1000.0
-    def utilization_pct(self): return 50.0
+from tests.fakes import FakeGpu
 
 
 def test_ttft_and_itl_definitions():
@@ -78,15 +59,19 @@ def test_nvml_counter_meter_reports_per_gpu_and_total():
     assert r.energy_j == pytest.approx(400.0 * r.duration_s, rel=0.1)
 
 
-def test_unsupported_counter_is_explained_not_estimated():
-    meter = select_meter("cuda:0", GpuDiscovery([FakeGpu("GPU-a", 100.0, supported=False)]))
+def test_unsupported_counter_without_power_is_explained_not_estimated():
+    gpu = FakeGpu("GPU-a", 100.0, counter=False, power=lambda t: None)  # no power reading either
+    meter = select_meter("cuda:0", GpuDiscovery([gpu]))
     assert isinstance(meter, UnavailableMeter) and "not supported" in meter.unavailable_reason
+    assert "power is not readable on GPU-a" in meter.unavailable_reason
     meter.start()
     assert meter.stop().energy_j is None
 
 
-def test_cpu_and_missing_nvml_reasons():
-    assert select_meter("cpu", GpuDiscovery([])).unavailable_reason == CPU_REASON
+def test_cpu_and_missing_nvml_reasons(tmp_path, monkeypatch):
+    monkeypatch.setattr(energy, "POWERCAP_ROOT", tmp_path / "no-powercap")
+    cpu = select_meter("cpu", GpuDiscovery([]))
+    assert cpu.source is None and "CPU energy (RAPL) cannot be read" in cpu.unavailable_reason
     m = select_meter("cuda:0", GpuDiscovery([], unavailable_reason="NVML is not available (x)"))
     assert m.source is None and m.unavailable_reason.startswith("NVML is not available")
 

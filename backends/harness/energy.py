@@ -3,39 +3,58 @@
 A meter is started and stopped at the window edges (after device
 synchronisation). Where nothing can measure, the meter says why and the result
 carries `energy_j: null` with that reason.
+
+GPU sources, best first: NVML's total-energy counter, else NVML power polled
+and integrated; Zeus on request. CPU source: Linux powercap RAPL.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from backends.harness.gpu import CounterUnsupported, GpuDevice, GpuDiscovery
+
+POWERCAP_ROOT = Path("/sys/class/powercap")
+GPU_PREFERENCES = ("auto", "nvml", "zeus")
 
 
 @dataclass
 class EnergyReading:
     duration_s: float
     energy_j: float | None = None
-    per_device_j: dict[str, float] = field(default_factory=dict)  # GPU UUID -> joules
+    per_device_j: dict[str, float] = field(default_factory=dict)  # GPU UUID or RAPL domain -> J
+    coverage: float | None = None  # polling only: samples received / expected (worst device)
+    missing_samples: int | None = None  # polling only: readings that came back None
 
 
 class EnergyMeter(Protocol):
     source: str | None  # what measured, e.g. "nvml_total_energy_counter"; None if nothing
     unavailable_reason: str | None
+    # Why a better source was passed over, or what this one leaves out; None if nothing.
+    fallback_reason: str | None
 
     def start(self) -> None: ...
 
     def stop(self) -> EnergyReading: ...
 
 
+class MeterUnavailable(Exception):
+    """A source that cannot measure here; the message says why."""
+
+
 class UnavailableMeter:
     """Measures time only; energy stays null, with the reason."""
 
     source = None
+    fallback_reason = None
 
     def __init__(self, reason: str) -> None:
         self.unavailable_reason = reason
@@ -53,6 +72,7 @@ class NvmlCounterMeter:
 
     source = "nvml_total_energy_counter"
     unavailable_reason = None
+    fallback_reason = None
 
     def __init__(self, devices: list[GpuDevice]) -> None:
         self.devices = devices
@@ -72,27 +92,357 @@ class NvmlCounterMeter:
         return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per)
 
 
-CPU_REASON = (
-    "run on the CPU: this version measures GPU energy (NVML) only; "
-    "CPU package energy (RAPL) is not read yet"
-)
+# --- NVML power polling -----------------------------------------------------------
 
 
-def select_meter(device: str, gpus: GpuDiscovery) -> EnergyMeter:
-    """The best available source for this run's devices, or an explained absence."""
-    if device == "cpu":
-        return UnavailableMeter(CPU_REASON)
+def integrate_trapezoid(samples: list[tuple[float, float | None]], t0: float, t1: float) -> float | None:
+    """Joules over [t0, t1] from (time s, watts) samples by the trapezoid rule.
+
+    None readings are skipped, so the trapezoid spans a gap between the readings
+    around it. Before the first and after the last reading, power is held at that
+    reading (so a missed edge sample neither drops nor invents a ramp). None if no
+    reading arrived at all.
+    """
+    pts = sorted((t, p) for t, p in samples if p is not None and t0 <= t <= t1)
+    if not pts:
+        return None
+    if pts[0][0] > t0:
+        pts.insert(0, (t0, pts[0][1]))
+    if pts[-1][0] < t1:
+        pts.append((t1, pts[-1][1]))
+    return sum((tb - ta) * (pa + pb) / 2 for (ta, pa), (tb, pb) in itertools.pairwise(pts))
+
+
+class NvmlPollingMeter:
+    """GPU power polled on its own thread and integrated (trapezoid rule) over the
+    window. For GPUs without the energy counter (pre-Volta, where plain power
+    usage is an instantaneous reading; on Ampere+ it is a 1 s average, which
+    shifts energy across the window edges, hence the instant field is preferred).
+    Both edges are sampled on the caller's thread, so the integral spans exactly
+    start() to stop()."""
+
+    source = "nvml_power_polling"
+    unavailable_reason: str | None = None
+    fallback_reason: str | None = None
+
+    def __init__(self, devices: list[GpuDevice], interval_s: float = 0.01,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.devices = devices
+        self.interval_s = interval_s
+        self._clock = clock
+        self.coverage: float | None = None
+        self.missing_samples: int | None = None
+        self.started_at = self.stopped_at = 0.0  # clock readings at the window edges
+        self._samples: list[list[tuple[float, float | None]]] = []
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _poll(self) -> None:
+        for d, out in zip(self.devices, self._samples):
+            t = self._clock()
+            out.append((t, d.power_w()))
+
+    def _loop(self) -> None:
+        next_t = self.started_at + self.interval_s
+        while not self._halt.wait(max(0.0, next_t - self._clock())):
+            self._poll()
+            # Fell behind (GIL, load)? Skip the missed slots rather than burst:
+            # they show up as coverage below 1.
+            now = self._clock()
+            next_t += self.interval_s
+            while next_t <= now:
+                next_t += self.interval_s
+
+    def start(self) -> None:
+        self.unavailable_reason = None  # a reason describes the last window only
+        self._samples = [[] for _ in self.devices]
+        self._halt.clear()
+        self.started_at = self._clock()
+        self._poll()  # opening edge
+        self._thread = threading.Thread(target=self._loop, name="llem-power-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> EnergyReading:
+        self._halt.set()
+        if self._thread:
+            self._thread.join()
+        self._poll()  # closing edge
+        self.stopped_at = t1 = self._clock()
+        duration = t1 - self.started_at
+        expected = duration / self.interval_s + 1  # grid slots, both edges included
+        per: dict[str, float] = {}
+        no_power: list[str] = []
+        received: list[int] = []
+        missing = 0
+        for d, samples in zip(self.devices, self._samples):
+            got = sum(1 for _, p in samples if p is not None)
+            received.append(got)
+            missing += len(samples) - got
+            j = integrate_trapezoid(samples, self.started_at, t1)
+            if j is None:
+                no_power.append(d.uuid)
+            else:
+                per[d.uuid] = j
+        self.coverage = min(1.0, min(received, default=0) / expected)
+        self.missing_samples = missing
+        energy = None if no_power else sum(per.values())
+        if no_power:  # a total missing a GPU would understate: report none
+            self.unavailable_reason = f"no power reading arrived during the window from {', '.join(no_power)}"
+        return EnergyReading(duration_s=duration, energy_j=energy, per_device_j=per,
+                             coverage=self.coverage, missing_samples=missing)
+
+
+# --- Zeus --------------------------------------------------------------------------
+
+
+class ZeusMeter:
+    """Zeus's ZeusMonitor (the `zeus` package, imported only when asked for).
+
+    Zeus opens NVML itself; it is only used when selected, so no other meter
+    measures the same window. The harness has already synchronised the device at
+    the window edges, so Zeus is told not to (it would import torch to do so), and
+    it is given no CPUs: RAPL belongs to the CPU meter.
+    """
+
+    source = "zeus"
+    unavailable_reason: str | None = None
+    fallback_reason: str | None = None
+
+    def __init__(self, gpu_indices: list[int], keys: list[str] | None = None) -> None:
+        """gpu_indices: CUDA indices (as Zeus counts them, after CUDA_VISIBLE_DEVICES);
+        keys: names for per_device_j (the GPUs' UUIDs), default the indices."""
+        try:
+            from zeus.monitor import ZeusMonitor
+        except ImportError as e:
+            raise MeterUnavailable(f"zeus is not installed ({e})") from None
+        self.gpu_indices = list(gpu_indices)
+        self.keys = keys or [str(i) for i in self.gpu_indices]
+        try:
+            self._monitor = ZeusMonitor(gpu_indices=self.gpu_indices, cpu_indices=[])
+        except Exception as e:  # noqa: BLE001 - whatever zeus raises, it cannot measure here
+            raise MeterUnavailable(f"zeus could not start ({type(e).__name__}: {e})") from None
+        self._n = 0
+        self._key = ""
+        self._t0 = 0.0
+
+    def _missing(self, gpu_energy: dict) -> list[int]:
+        return [i for i in self.gpu_indices if i not in (gpu_energy or {})]
+
+    def probe(self) -> None:
+        """Measure an empty window; raise MeterUnavailable if Zeus measures no GPU
+        (it returns an empty gpu_energy where it found none)."""
+        try:
+            self.start()
+            with warnings.catch_warnings():  # "energy measured as zero": expected here
+                warnings.simplefilter("ignore")
+                m = self._monitor.end_window(self._key, sync_execution=False)
+        except Exception as e:  # noqa: BLE001
+            raise MeterUnavailable(f"zeus failed a test window ({type(e).__name__}: {e})") from None
+        if not self.gpu_indices or self._missing(m.gpu_energy):
+            raise MeterUnavailable(
+                f"zeus measured no energy for GPU index(es) {self._missing(m.gpu_energy) or '[]'}"
+            )
+
+    def start(self) -> None:
+        self.unavailable_reason = None  # a reason describes the last window only
+        self._n += 1
+        self._key = f"llem-{self._n}"
+        self._t0 = time.perf_counter()
+        self._monitor.begin_window(self._key, sync_execution=False)
+
+    def stop(self) -> EnergyReading:
+        m = self._monitor.end_window(self._key, sync_execution=False)
+        duration = time.perf_counter() - self._t0
+        missing = self._missing(m.gpu_energy)
+        if missing:
+            self.unavailable_reason = f"zeus measured no energy for GPU index(es) {missing}"
+            return EnergyReading(duration_s=duration)
+        per = {k: float(m.gpu_energy[i]) for k, i in zip(self.keys, self.gpu_indices)}
+        return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per)
+
+
+# --- RAPL (CPU package and DRAM) ------------------------------------------------------
+
+
+@dataclass
+class RaplZone:
+    key: str  # "package-0", "dram-0"
+    path: Path
+    max_range_uj: int  # energy_uj wraps to 0 past this
+
+
+def _read_int(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def discover_rapl(root: Path = POWERCAP_ROOT) -> tuple[list[RaplZone], list[str]]:
+    """Readable package and DRAM zones under a powercap root, and why others aren't.
+
+    Top-level zones `intel-rapl:N` named package-* are CPU packages; a subzone
+    `intel-rapl:N:M` named "dram" is that package's memory. Other subzones (core,
+    uncore) are inside the package's energy, and "psys" (a top-level platform
+    zone on some laptops) contains packages and DRAM: both would double count.
+    AMD CPUs expose the same intel-rapl interface. /sys/class/powercap lists every
+    zone flat; under the device path subzones nest, so both layouts are walked.
+    """
+    seen: dict[str, Path] = {}
+    for p in sorted([*root.glob("intel-rapl:*"), *root.glob("intel-rapl:*/intel-rapl:*")]):
+        seen.setdefault(p.name, p)
+    zones: list[RaplZone] = []
+    problems: list[str] = []
+    for zone_id, path in sorted(seen.items(), key=lambda kv: _zone_numbers(kv[0])):
+        nums = _zone_numbers(zone_id)
+        try:
+            name = (path / "name").read_text().strip()
+        except OSError as e:
+            problems.append(f"{zone_id}: name unreadable ({e.strerror or e})")
+            continue
+        if len(nums) == 1 and name.startswith("package"):
+            key = f"package-{nums[0]}"
+        elif len(nums) == 2 and name == "dram":
+            key = f"dram-{nums[0]}"
+        else:
+            continue
+        try:
+            _read_int(path / "energy_uj")
+            zones.append(RaplZone(key, path, _read_int(path / "max_energy_range_uj")))
+        except (OSError, ValueError) as e:
+            # Since Linux 5.10 (CVE-2020-8694) energy_uj is readable by root only.
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            problems.append(f"{zone_id} ({key}): {path.name}/energy_uj unreadable ({why})")
+    return zones, problems
+
+
+def _zone_numbers(zone_id: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in zone_id.split(":")[1:])
+    except ValueError:  # e.g. intel-rapl-mmio: not matched by the glob, but be safe
+        return (1 << 30,)
+
+
+class RaplMeter:
+    """CPU package (+ DRAM where exposed) energy from Linux powercap RAPL counters,
+    read at both window edges. A counter that reads lower at the end than at the
+    start wrapped once (at max_energy_range_uj). A window longer than one wrap
+    period (max range / power, e.g. ~262 kJ / 200 W ~ 20 min) is undercounted:
+    more than one wrap can't be seen from two readings."""
+
+    source = "rapl"
+    unavailable_reason: str | None = None
+
+    def __init__(self, root: Path = POWERCAP_ROOT) -> None:
+        self.root = root
+        self.zones, problems = discover_rapl(root)
+        if not any(z.key.startswith("package") for z in self.zones):
+            why = "; ".join(problems) or f"no intel-rapl package zones under {root}"
+            raise MeterUnavailable(f"CPU energy (RAPL) cannot be read: {why}")
+        # Readable packages but some zone left out (e.g. DRAM): measured, with the gap named.
+        self.fallback_reason: str | None = (
+            "RAPL zones left out: " + "; ".join(problems) if problems else None
+        )
+        self._start: list[int] | None = []
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self.unavailable_reason = None  # a reason describes the last window only
+        self._t0 = time.perf_counter()
+        try:
+            self._start = [_read_int(z.path / "energy_uj") for z in self.zones]
+        except (OSError, ValueError) as err:
+            self._start = None
+            self.unavailable_reason = f"CPU energy (RAPL) unreadable at the window start ({err})"
+
+    def stop(self) -> EnergyReading:
+        duration = time.perf_counter() - self._t0
+        if self._start is None:
+            return EnergyReading(duration_s=duration)
+        per: dict[str, float] = {}
+        try:
+            for z, s in zip(self.zones, self._start):
+                e = _read_int(z.path / "energy_uj")
+                delta = e - s if e >= s else z.max_range_uj - s + e  # one wrap
+                per[z.key] = delta / 1e6
+        except (OSError, ValueError) as err:
+            self.unavailable_reason = f"CPU energy (RAPL) unreadable at the window end ({err})"
+            return EnergyReading(duration_s=duration)
+        return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per)
+
+
+# --- selection -------------------------------------------------------------------
+
+
+def _nvml_meter(gpus: GpuDiscovery) -> EnergyMeter:
+    """Counter where every GPU has it, else polling where every GPU's power reads,
+    else an explained absence. One source for all GPUs, never a mix."""
     if not gpus.devices:
         return UnavailableMeter(gpus.unavailable_reason or "no GPU could be opened through NVML")
     try:
         for d in gpus.devices:
             d.total_energy_mj()
+        return NvmlCounterMeter(gpus.devices)
     except CounterUnsupported as e:
+        counter_problem = f"the NVML total-energy counter is not supported ({e})"
+    no_power = [d.uuid for d in gpus.devices if d.power_w() is None]
+    if no_power:
         return UnavailableMeter(
-            f"the NVML total-energy counter is not supported ({e}); "
-            "power-polling fallback is not implemented yet"
+            f"{counter_problem}, and NVML power is not readable on {', '.join(no_power)}"
         )
-    return NvmlCounterMeter(gpus.devices)
+    meter = NvmlPollingMeter(gpus.devices)
+    kinds = sorted({str(d.power_kind) for d in gpus.devices})
+    meter.fallback_reason = f"{counter_problem}; integrating polled NVML power ({', '.join(kinds)})"
+    return meter
+
+
+def select_gpu_meter(gpus: GpuDiscovery, preference: str = "auto",
+                     cuda_indices: list[int] | None = None) -> EnergyMeter:
+    """The GPU energy source for a run.
+
+    "auto" and "nvml": the NVML counter, else polled NVML power, else a reason.
+    "zeus": ZeusMeter if it measures these GPUs, else the same as "auto" with the
+    reason recorded in fallback_reason. cuda_indices: the GPUs' CUDA indices, as
+    Zeus counts them (default: their positions, 0..n-1).
+    """
+    if preference not in GPU_PREFERENCES:
+        raise ValueError(f"energy source {preference!r} is not one of {GPU_PREFERENCES}")
+    if preference != "zeus":
+        return _nvml_meter(gpus)
+    indices = cuda_indices if cuda_indices is not None else list(range(len(gpus.devices)))
+    try:
+        if not gpus.devices:
+            raise MeterUnavailable("no GPU was opened for this run")
+        zeus = ZeusMeter(indices, keys=[d.uuid for d in gpus.devices])
+        zeus.probe()
+        return zeus
+    except MeterUnavailable as e:
+        zeus_problem = f"zeus was requested but cannot measure: {e}"
+    meter = _nvml_meter(gpus)
+    if meter.source is None:
+        meter.unavailable_reason = f"{zeus_problem}; {meter.unavailable_reason}"
+    meter.fallback_reason = "; ".join(filter(None, [zeus_problem, meter.fallback_reason]))
+    return meter
+
+
+def select_cpu_meter(root: Path | None = None) -> EnergyMeter:
+    """RAPL where at least one CPU package zone is readable, else a reason.
+    root: the powercap directory (default POWERCAP_ROOT, read at call time)."""
+    try:
+        return RaplMeter(root if root is not None else POWERCAP_ROOT)
+    except MeterUnavailable as e:
+        return UnavailableMeter(str(e))
+
+
+def _cuda_indices(device: str) -> list[int] | None:
+    try:
+        return [int(device.split(":")[1])]
+    except (IndexError, ValueError):
+        return None
+
+
+def select_meter(device: str, gpus: GpuDiscovery, preference: str = "auto") -> EnergyMeter:
+    """The source for the run's inference device: RAPL for "cpu", else the GPUs'."""
+    if device == "cpu":
+        return select_cpu_meter()
+    return select_gpu_meter(gpus, preference, cuda_indices=_cuda_indices(device))
 
 
 @contextmanager

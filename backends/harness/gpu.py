@@ -15,10 +15,48 @@ class CounterUnsupported(Exception):
     """The GPU has no total-energy counter (NVML offers it on Volta and newer)."""
 
 
+# Kinds of power reading (`GpuDevice.power_kind`).
+POWER_INSTANT = "instant"  # NVML_FI_DEV_POWER_INSTANT field (newer drivers)
+# nvmlDeviceGetPowerUsage: on Ampere and newer (except GA100) a 1 s moving
+# average, so it lags and smooths transients; instantaneous on older GPUs.
+POWER_USAGE = "power_usage"
+
+# Clock event ("throttle") reason bits. The bit values are NVML's ABI (nvml.h);
+# pynvml renamed the constants (ClocksThrottleReason -> ClocksEventReason), so
+# they are spelled out here with stable names of our own.
+THROTTLE_REASONS = {
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+    0x100: "display_clock_setting",
+}
+# Not slowdowns of a busy GPU: idle, and clocks pinned by application-clock settings.
+_IGNORED_REASONS = 0x1 | 0x2
+
+# Field id of NVML_FI_DEV_POWER_INSTANT, for bindings too old to name it.
+_FI_DEV_POWER_INSTANT = 186
+
+
+def throttle_names(mask: int) -> list[str]:
+    """Names of the active reasons in an NVML clock-event bit mask."""
+    mask &= ~_IGNORED_REASONS
+    out = []
+    bit = 1
+    while bit <= mask:
+        if mask & bit:
+            out.append(THROTTLE_REASONS.get(bit, f"unknown_0x{bit:x}"))
+        bit <<= 1
+    return out
+
+
 class GpuDevice(Protocol):
     index: int
     name: str
     uuid: str
+    power_kind: str | None  # POWER_INSTANT, POWER_USAGE, or None if power is unreadable
 
     def total_energy_mj(self) -> int:
         """Energy since driver load, millijoules. Raises CounterUnsupported."""
@@ -31,6 +69,21 @@ class GpuDevice(Protocol):
     def memory_used_mb(self) -> float | None: ...
 
     def utilization_pct(self) -> float | None: ...
+
+    def sm_clock_mhz(self) -> float | None: ...
+
+    def mem_clock_mhz(self) -> float | None: ...
+
+    def throttle_reasons(self) -> list[str] | None:
+        """Active clock-limiting reasons ([] when none); None if unreadable."""
+        ...
+
+    def process_pids(self) -> list[int] | None:
+        """PIDs of compute processes on this GPU; None if unreadable. Inside a
+        container these are host PIDs (NVML doesn't translate PID namespaces)."""
+        ...
+
+    def persistence_mode(self) -> bool | None: ...
 
 
 @dataclass
@@ -49,25 +102,56 @@ class NvmlGpu:
         import pynvml
 
         self._nvml = pynvml
+        # A call can fail as an NVML error, as a binding/driver version mismatch
+        # (an unversioned function the driver lacks), or as a name this binding
+        # doesn't have: all mean "not offered here".
+        self._errors = (
+            pynvml.NVMLError,
+            getattr(pynvml, "NVMLLibraryMismatchError", pynvml.NVMLError),
+            AttributeError,
+        )
         self._h = handle
         self.index = index
         self.name = _text(pynvml.nvmlDeviceGetName(handle))
         self.uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        # Prefer the instantaneous field: plain power usage is a 1 s average on
+        # Ampere and newer, which smears energy across window edges.
+        if self._instant_power_w() is not None:
+            self.power_kind: str | None = POWER_INSTANT
+        elif self._read(pynvml.nvmlDeviceGetPowerUsage) is not None:
+            self.power_kind = POWER_USAGE
+        else:
+            self.power_kind = None
 
     def total_energy_mj(self) -> int:
         try:
             return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._h))
-        except self._nvml.NVMLError as e:
+        except self._errors as e:
             raise CounterUnsupported(f"{self.name}: {e}") from None
 
     def _read(self, fn, scale: float = 1.0) -> float | None:
         try:
             return float(fn(self._h)) * scale
-        except self._nvml.NVMLError:
+        except self._errors:
             return None
 
+    def _instant_power_w(self) -> float | None:
+        fid = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", _FI_DEV_POWER_INSTANT)
+        try:
+            v = self._nvml.nvmlDeviceGetFieldValues(self._h, [fid])[0]
+        except self._errors:
+            return None
+        if v.nvmlReturn != self._nvml.NVML_SUCCESS:  # per-field status: unsupported field
+            return None
+        mw = _field_number(v)
+        return None if mw is None else mw * 1e-3
+
     def power_w(self) -> float | None:
-        return self._read(self._nvml.nvmlDeviceGetPowerUsage, 1e-3)  # mW
+        if self.power_kind == POWER_INSTANT:
+            return self._instant_power_w()
+        if self.power_kind == POWER_USAGE:
+            return self._read(self._nvml.nvmlDeviceGetPowerUsage, 1e-3)  # mW
+        return None
 
     def temperature_c(self) -> float | None:
         return self._read(
@@ -79,6 +163,51 @@ class NvmlGpu:
 
     def utilization_pct(self) -> float | None:
         return self._read(lambda h: self._nvml.nvmlDeviceGetUtilizationRates(h).gpu)
+
+    def sm_clock_mhz(self) -> float | None:
+        return self._read(lambda h: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_SM))
+
+    def mem_clock_mhz(self) -> float | None:
+        return self._read(lambda h: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_MEM))
+
+    def throttle_reasons(self) -> list[str] | None:
+        # "Event" is the current name (drivers 535+); "Throttle" the deprecated one
+        # older drivers still have.
+        for fn in ("nvmlDeviceGetCurrentClocksEventReasons",
+                   "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            try:
+                return throttle_names(int(getattr(self._nvml, fn)(self._h)))
+            except self._errors:
+                continue
+        return None
+
+    def process_pids(self) -> list[int] | None:
+        # The unversioned call is _v3; drivers that predate it still have _v2.
+        for fn in ("nvmlDeviceGetComputeRunningProcesses",
+                   "nvmlDeviceGetComputeRunningProcesses_v2"):
+            try:
+                return sorted({int(p.pid) for p in getattr(self._nvml, fn)(self._h)})
+            except self._errors:
+                continue
+        return None
+
+    def persistence_mode(self) -> bool | None:
+        try:
+            state = self._nvml.nvmlDeviceGetPersistenceMode(self._h)
+        except self._errors:
+            return None  # e.g. Windows, where persistence mode doesn't exist
+        return state == self._nvml.NVML_FEATURE_ENABLED
+
+
+# nvmlValue_t union members, in NVML_VALUE_TYPE_* order.
+_VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+
+
+def _field_number(v) -> float | None:
+    """The number in an nvmlFieldValue_t, read through the member its valueType names."""
+    if not 0 <= v.valueType < len(_VALUE_MEMBERS):
+        return None
+    return float(getattr(v.value, _VALUE_MEMBERS[v.valueType]))
 
 
 def _text(v: str | bytes) -> str:
