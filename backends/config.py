@@ -28,12 +28,36 @@ class MeasurementConfig(_Strict):
     """How the measured window is prepared (same protocol for every backend)."""
 
     warmup_batches: int = Field(1, ge=0, description="Full-length batches run before the window.")
-    thermal_stabilisation_s: float = Field(
-        0.0, ge=0, description="Pause after warm-up before the window opens, in seconds."
+    energy_source: Literal["auto", "nvml", "zeus"] = Field(
+        "auto", description="GPU energy: auto = NVML counter, else NVML power polling."
     )
+    sample_interval_s: float = Field(0.1, gt=0, le=0.1, description="Background sampler period.")
+    min_window_s: float = Field(
+        5.0, ge=0, description="Repeat passes over the dataset until the window is this long."
+    )
+    max_passes: int = Field(20, ge=1, description="Upper bound on passes for min_window_s.")
+    # Thermal stabilisation: after warm-up, wait until GPU temperature and power
+    # stay within tolerance over a trailing window (GPU runs; skipped on the CPU).
+    stabilisation_max_s: float = Field(60.0, ge=0, description="0 disables the wait.")
+    stabilisation_min_s: float = Field(0.0, ge=0)
+    stabilisation_window_s: float = Field(5.0, gt=0)
+    stabilisation_tolerance_c: float = Field(1.0, gt=0)
+    stabilisation_tolerance_w: float = Field(10.0, gt=0)
     baseline_s: float = Field(
-        0.0, ge=0, description="Idle energy measured before loading the model (0 = skip)."
+        0.0, ge=0, description="Idle power measured before loading the model (0 = skip)."
     )
+    baseline_reuse_s: float = Field(
+        0.0, ge=0, description="Reuse an idle baseline measured this long ago in the same study."
+    )
+    steady_state: bool = Field(
+        True, description="Also report a steady-state window (continuous-batching backends)."
+    )
+
+    @model_validator(mode="after")
+    def _stabilisation_bounds(self) -> MeasurementConfig:
+        if self.stabilisation_min_s > self.stabilisation_max_s > 0:
+            raise ValueError("stabilisation_min_s must not exceed stabilisation_max_s")
+        return self
 
 
 class PyTorchConfig(_Strict):

@@ -17,6 +17,7 @@ ENV_IMAGE_ID = "LLEM_IMAGE_ID"  # image the run executes in (set by the Docker r
 ENV_IMAGE_REF = "LLEM_IMAGE_REF"
 ENV_IMAGE_DIGESTS = "LLEM_IMAGE_DIGESTS"  # comma-separated repo digests, if any
 ENV_IMAGE_BASE = "LLEM_IMAGE_BASE"  # the base image it was built from
+ENV_BASELINE = "LLEM_BASELINE_JSON"  # an idle baseline from an earlier run of the study
 ENV_TRT_ENGINE_DIR = "LLEM_TRT_ENGINE_DIR"  # prebuilt TensorRT-LLM engine a run loads
 ENV_TRT_ENGINE_OUT = "LLEM_TRT_ENGINE_OUT"  # where an engine build writes its files
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.baselines import BaselineCache
 from orchestrator.engines import gpu_for, plan_engines, trtllm_version
 from orchestrator.images import image_status
 from orchestrator.display import Progress, console, print_plan, print_summary
@@ -109,6 +110,7 @@ def run(
     result.study_dir = study_dir
     out.print(f"results: {study_dir}")
     progress = Progress(out, len(plan))
+    baselines = BaselineCache()
     current: PlannedRun | None = None
     try:
         previous: PlannedRun | None = None
@@ -122,8 +124,10 @@ def run(
             progress.start(planned, exp.label)
             t0 = time.monotonic()
             outcome = the_runner.execute(
-                exp.config, study_dir / "runs" / planned.run_id, ex.run_timeout_s, on_tick=progress.tick
+                exp.config, study_dir / "runs" / planned.run_id, ex.run_timeout_s,
+                on_tick=progress.tick, extra_env=baselines.env_for(exp.config),
             )
+            baselines.remember(outcome)
             manifest.update(
                 planned.run_id, outcome.state, finished_at=utc_now(),
                 exit_code=outcome.exit_code, error=outcome.error,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import platform
@@ -56,12 +55,12 @@ def _gpus() -> list[Check]:
 
 
 def _rapl() -> Check:
-    files = glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj")
-    if not files:
-        return Check("energy", "CPU RAPL", False, "no /sys/class/powercap RAPL zones (and not read by this version)")
-    readable = [f for f in files if os.access(f, os.R_OK)]
-    detail = f"{len(readable)}/{len(files)} zones readable; not read by this version yet"
-    return Check("energy", "CPU RAPL", False, detail)
+    from backends.harness.energy import select_cpu_meter
+
+    meter = select_cpu_meter()
+    if meter.source:
+        return Check("energy", "CPU RAPL", True, "package/DRAM energy counters readable")
+    return Check("energy", "CPU RAPL", False, str(meter.unavailable_reason))
 
 
 def _docker() -> Check:
@@ -96,7 +95,8 @@ def collect() -> list[Check]:
     checks.append(_rapl())
     zeus = _version("zeus")
     checks.append(Check("energy", "Zeus", zeus is not None,
-                        f"zeus {zeus} installed (not used by this version)" if zeus else "not installed"))
+                        f"zeus {zeus} installed (select with measurement.energy_source: zeus)"
+                        if zeus else "not installed (optional: measurement.energy_source: zeus)"))
     checks.append(_docker())
     for backend, pkg in (("pytorch", "transformers"), ("vllm", "vllm"), ("tensorrt", "tensorrt_llm")):
         v = _version(pkg) if importlib.util.find_spec(pkg.replace("-", "_")) else None

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from backends.config import ExperimentConfig
-from backends.harness.energy import measured, select_meter
-from backends.harness.gpu import GpuDiscovery, discover_nvml
+from backends.harness.energy import UnavailableMeter, measured, select_gpu_meter
+from backends.harness.gpu import discover_nvml
 from orchestrator import trt_cache
 from orchestrator.errors import UserError
 from orchestrator.images import base_for, spec_for
@@ -98,8 +98,7 @@ def _builder(config: ExperimentConfig, host: EngineHost) -> trt_cache.Builder:
 
     def build(out_dir: Path) -> dict[str, Any]:
         uuids = host.gpu_uuids(config)
-        gpus = discover_nvml(uuids) if uuids else GpuDiscovery([], unavailable_reason="no GPU")
-        meter = select_meter("cuda:0" if uuids else "cpu", gpus)
+        meter = select_gpu_meter(discover_nvml(uuids)) if uuids else UnavailableMeter("no GPU assigned")
         t0 = time.monotonic()
         with measured(meter) as reading:
             host.build_engine(config, out_dir)

@@ -59,6 +59,11 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
                 {
                     "energy_source": result.energy_source,
                     "energy_unavailable_reason": result.energy_unavailable_reason,
+                    "energy_fallback_reason": result.energy_fallback_reason,
+                    "cpu_energy_source": result.cpu_energy.source,
+                    "stabilisation_s": result.stabilisation.waited_s,
+                    "stabilised": result.stabilisation.reached,
+                    "baseline_reused": result.baseline.reused if result.baseline else None,
                     "sampling_coverage": result.sampling_coverage,
                     "warnings": " | ".join(result.warnings),
                     "resolved.device": result.resolved.device,

@@ -87,8 +87,11 @@ def test_result_schema_refuses_unexplained_missing_energy():
             "device": "cpu", "dtype": "float32"},
             "metrics": compute_metrics([RequestRecord(1, 0.0, [0.1])], EnergyReading(1.0), model_load_s=0,
                                        peak_memory_mb=0, n_parameters=1, baseline_power_w=None).model_dump(),
-            "energy_source": None, "energy_unavailable_reason": None, "energy_per_device_j": {},
+            "energy_source": None, "energy_unavailable_reason": None, "energy_fallback_reason": None,
+            "energy_per_device_j": {},
+            "cpu_energy": {"source": None, "unavailable_reason": "no RAPL", "per_domain_j": {}},
             "sampling_coverage": None, "warnings": [],
             "phases": {"baseline_s": 0, "warmup_s": 0, "stabilisation_s": 0},
+            "stabilisation": {"waited_s": 0, "reached": None, "detail": "CPU run"}, "baseline": None,
             "environment": {}, "started_at": "t", "finished_at": "t",
         })

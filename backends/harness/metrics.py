@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from backends.harness.energy import EnergyReading
+from backends.harness.steady_state import SteadyState
 from backends.registry import RequestRecord
 
 PERCENTILES = (50, 90, 99)
@@ -16,7 +17,8 @@ PERCENTILES = (50, 90, 99)
 class Metrics(BaseModel):
     """Metrics of one run's measured window (units in the names)."""
 
-    n_requests: int
+    n_requests: int  # requests in the window, summed over passes
+    n_passes: int  # passes over the dataset in the window (measurement.min_window_s)
     input_tokens: int  # prompt tokens after truncation, padding excluded
     output_tokens: int  # generated tokens that reached the host, per request, summed
     duration_s: float  # measured window, device-synchronised at both edges
@@ -34,12 +36,25 @@ class Metrics(BaseModel):
     # GPU: peak memory in use on the run's GPUs in the window (NVML, 100 ms samples,
     # device-level); CPU: the run process's peak RSS
     peak_memory_mb: float | None
-    energy_j: float | None  # gross energy of the window, all measured devices
+    # gross energy of the window on the devices doing the inference: the run's GPUs,
+    # or the CPU packages + DRAM (RAPL) for a CPU run
+    energy_j: float | None
     energy_per_output_token_j: float | None  # energy_j / output_tokens
+    energy_per_request_j: float | None  # energy_j / n_requests
+    energy_per_total_token_j: float | None  # energy_j / (input_tokens + output_tokens)
+    energy_per_flop_j: float | None  # energy_j / flops_estimate (cross-hardware normaliser)
     avg_power_w: float | None  # energy_j / duration_s
+    cpu_energy_j: float | None  # CPU packages + DRAM over the window (RAPL), on every run where readable
     baseline_power_w: float | None  # idle power before loading (measurement.baseline_s)
     energy_net_j: float | None  # energy_j - baseline_power_w * duration_s
     flops_estimate: float  # 2 x parameters x (input + output tokens); a normaliser only
+    # Steady state (continuous-batching backends): requests in flight at their peak,
+    # after ramp-up and before draining; energy from sampled GPU power (trapezoid).
+    steady_state_duration_s: float | None
+    steady_state_concurrency: int | None
+    steady_state_output_tokens_per_s: float | None
+    steady_state_energy_j: float | None
+    steady_state_energy_per_output_token_j: float | None
 
 
 def _percentiles(values: list[float], prefix: str) -> dict[str, float | None]:
@@ -47,6 +62,10 @@ def _percentiles(values: list[float], prefix: str) -> dict[str, float | None]:
         return {f"{prefix}_p{p}": None for p in PERCENTILES}
     arr = np.asarray(values) * 1000.0
     return {f"{prefix}_p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
+
+
+def _per(energy: float | None, amount: float) -> float | None:
+    return energy / amount if energy is not None and amount else None
 
 
 def compute_metrics(
@@ -57,6 +76,10 @@ def compute_metrics(
     peak_memory_mb: float | None,
     n_parameters: int,
     baseline_power_w: float | None,
+    n_passes: int = 1,
+    cpu_energy_j: float | None = None,
+    steady: SteadyState | None = None,
+    steady_energy_j: float | None = None,
 ) -> Metrics:
     duration = reading.duration_s
     out_tokens = sum(r.output_tokens for r in records)
@@ -64,8 +87,10 @@ def compute_metrics(
     ttft = [r.token_times_s[0] - r.submitted_s for r in records if r.token_times_s]
     itl = [b - a for r in records for a, b in zip(r.token_times_s, r.token_times_s[1:])]
     energy = reading.energy_j
+    flops = 2.0 * n_parameters * (in_tokens + out_tokens)
     return Metrics(
         n_requests=len(records),
+        n_passes=n_passes,
         input_tokens=in_tokens,
         output_tokens=out_tokens,
         duration_s=duration,
@@ -76,13 +101,22 @@ def compute_metrics(
         model_load_s=model_load_s,
         peak_memory_mb=peak_memory_mb,
         energy_j=energy,
-        energy_per_output_token_j=(energy / out_tokens) if energy is not None and out_tokens else None,
-        avg_power_w=(energy / duration) if energy is not None else None,
+        energy_per_output_token_j=_per(energy, out_tokens),
+        energy_per_request_j=_per(energy, len(records)),
+        energy_per_total_token_j=_per(energy, in_tokens + out_tokens),
+        energy_per_flop_j=_per(energy, flops),
+        avg_power_w=_per(energy, duration),
+        cpu_energy_j=cpu_energy_j,
         baseline_power_w=baseline_power_w,
         energy_net_j=(
             energy - baseline_power_w * duration
             if energy is not None and baseline_power_w is not None
             else None
         ),
-        flops_estimate=2.0 * n_parameters * (in_tokens + out_tokens),
+        flops_estimate=flops,
+        steady_state_duration_s=steady.duration_s if steady else None,
+        steady_state_concurrency=steady.concurrency if steady else None,
+        steady_state_output_tokens_per_s=_per(steady.output_tokens, steady.duration_s) if steady else None,
+        steady_state_energy_j=steady_energy_j if steady else None,
+        steady_state_energy_per_output_token_j=_per(steady_energy_j, steady.output_tokens) if steady else None,
     )

@@ -1,45 +1,101 @@
 """The measurement protocol, identical for every backend:
 
-environment snapshot -> idle baseline (optional) -> load model (timed) ->
-load and tokenise prompts -> warm-up at full length -> stabilisation pause ->
-measured window over the dataset (device-synchronised at both edges) -> metrics.
+environment snapshot -> idle baseline (measured, or reused within a study) ->
+load model (timed) -> load and tokenise prompts -> warm-up at full length ->
+thermal stabilisation (plateau of temperature and power) -> measured window:
+passes over the dataset until it lasts measurement.min_window_s, device-
+synchronised at both edges -> metrics and validity warnings.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from backends import contract
-from backends.config import ExperimentConfig
+from backends.config import ExperimentConfig, MeasurementConfig
 from backends.devices import run_device
-from backends.harness.energy import measured, select_meter
+from backends.harness.energy import EnergyMeter, measured, select_cpu_meter, select_gpu_meter
 from backends.harness.environment import snapshot
 from backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
 from backends.harness.metrics import compute_metrics
-from backends.harness.result import PhaseTimes, Resolved, RunResult
+from backends.harness.result import Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport
 from backends.harness.sampler import Sampler
+from backends.harness.stabilise import Stabilisation, wait_for_plateau
+from backends.harness.steady_state import integrate_power, steady_state_window
+from backends.harness.validity import gpu_window_warnings, window_warnings
 from backends.prompts import load_prompts
-from backends.registry import create_backend
+from backends.registry import RequestRecord, create_backend
 
 log = logging.getLogger("llem.harness")
 
-# NVML's energy counter updates every few tens of ms; shorter windows are noisy.
-MIN_RELIABLE_WINDOW_S = 5.0
-MIN_SAMPLING_COVERAGE = 0.9
+CONTINUOUS_BATCHING = ("vllm", "tensorrt")
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def reusable_baseline(m: MeasurementConfig, gpu_uuids: list[str]) -> Baseline | None:
+    """An idle baseline the runner passed from an earlier run of this study, if it
+    was measured on the same devices recently enough (measurement.baseline_reuse_s)."""
+    raw = os.environ.get(contract.ENV_BASELINE)
+    if not raw or m.baseline_reuse_s <= 0:
+        return None
+    try:
+        b = Baseline.model_validate_json(raw)
+    except ValueError:
+        return None
+    fresh = time.time() - b.measured_at_unix <= m.baseline_reuse_s
+    if not fresh or sorted(b.devices) != sorted(gpu_uuids) or b.power_w is None:
+        return None
+    return b.model_copy(update={"reused": True})
+
+
+def _measure_baseline(meter: EnergyMeter, seconds: float, devices: list[str]) -> Baseline:
+    log.info("measuring idle baseline for %.1f s", seconds)
+    with measured(meter) as base:
+        time.sleep(seconds)
+    r = base[0]
+    power = r.energy_j / r.duration_s if r.energy_j is not None else None
+    return Baseline(power_w=power, measured_at_unix=time.time(), devices=devices, reused=False)
+
+
+def _read_plateau(gpus: GpuDiscovery):
+    def read() -> tuple[float | None, float | None]:
+        temps = [t for t in (g.temperature_c() for g in gpus.devices) if t is not None]
+        powers = [p for p in (g.power_w() for g in gpus.devices) if p is not None]
+        return (max(temps) if temps else None, sum(powers) if powers else None)
+
+    return read
+
+
+def _window(backend, prepared, m: MeasurementConfig) -> tuple[list[RequestRecord], list[RequestRecord], int]:
+    """Passes over the dataset until the window lasts min_window_s (or max_passes)."""
+    records: list[RequestRecord] = []
+    first_pass: list[RequestRecord] = []
+    passes = 0
+    t0 = time.perf_counter()
+    while True:
+        batch = backend.generate(prepared)
+        passes += 1
+        records += batch
+        if passes == 1:
+            first_pass = batch
+        if time.perf_counter() - t0 >= m.min_window_s or passes >= m.max_passes:
+            break
+    backend.synchronize()
+    return records, first_pass, passes
+
+
 def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
     started_at = utc_now()
-    warnings: list[str] = []
     backend = create_backend(config)
+    m = config.measurement
 
     device = run_device(config.device)
     gpus = (
@@ -48,19 +104,21 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         else GpuDiscovery([], unavailable_reason="device is cpu")
     )
     environment = snapshot(gpus)
-    meter = select_meter(device, gpus)
-    m = config.measurement
+    # One source owns each measurement: the inference devices' energy, and (on GPU
+    # runs) the host CPU's beside it.
+    if device == "cpu":
+        meter, cpu_meter = select_cpu_meter(), None
+    else:
+        meter, cpu_meter = select_gpu_meter(gpus, m.energy_source), select_cpu_meter()
+    uuids = [g.uuid for g in gpus.devices]
+    persistence = {g.uuid: g.persistence_mode() for g in gpus.devices}
 
-    with Sampler(gpus.devices) as sampler:
-        baseline_power_w = None
+    with Sampler(gpus.devices, m.sample_interval_s) as sampler:
         t = time.perf_counter()
-        if m.baseline_s > 0:
+        baseline = reusable_baseline(m, uuids)
+        if baseline is None and m.baseline_s > 0:
             sampler.phase = "baseline"
-            log.info("measuring idle baseline for %.1f s", m.baseline_s)
-            with measured(meter) as base:
-                time.sleep(m.baseline_s)
-            if base[0].energy_j is not None:
-                baseline_power_w = base[0].energy_j / base[0].duration_s
+            baseline = _measure_baseline(meter, m.baseline_s, uuids)
         baseline_s = time.perf_counter() - t
 
         sampler.phase = "load"
@@ -83,51 +141,62 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         warmup_s = time.perf_counter() - t
 
         sampler.phase = "stabilise"
-        t = time.perf_counter()
-        time.sleep(m.thermal_stabilisation_s)
-        stabilisation_s = time.perf_counter() - t
+        if gpus.devices:
+            stab = wait_for_plateau(_read_plateau(gpus), m)
+            log.info("stabilisation: %s", stab.detail)
+        else:
+            stab = Stabilisation(0.0, None, "CPU run: no GPU temperature or power to wait on")
 
         backend.synchronize()
         sampler.mark("window")
-        log.info("measured window: %d prompts", len(prompts))
+        log.info("measured window: %d prompts, at least %g s", len(prompts), m.min_window_s)
+        if cpu_meter:
+            cpu_meter.start()
         with measured(meter) as window:
-            records = backend.generate(prepared)
-            backend.synchronize()
+            records, first_pass, passes = _window(backend, prepared, m)
+        cpu_reading = cpu_meter.stop() if cpu_meter else None
         sampler.mark("window")  # closing edge sample
         sampler.phase = "done"
 
+    reading = window[0]
     if device == "cpu":
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        cpu_energy = reading.energy_j
     else:
         peak_mb = sampler.peak_gpu_memory_mb("window")
+        cpu_energy = cpu_reading.energy_j if cpu_reading else None
 
-    reading = window[0]
+    steady = steady_energy = None
+    if m.steady_state and config.backend in CONTINUOUS_BATCHING:
+        steady = steady_state_window(first_pass)
+        if steady:
+            steady_energy = integrate_power(sampler.power_series("window"), steady.start_s, steady.end_s)
+
     metrics = compute_metrics(
         records,
         reading,
         model_load_s=model_load_s,
         peak_memory_mb=peak_mb,
         n_parameters=loaded.n_parameters,
-        baseline_power_w=baseline_power_w,
+        baseline_power_w=baseline.power_w if baseline else None,
+        n_passes=passes,
+        cpu_energy_j=cpu_energy,
+        steady=steady,
+        steady_energy_j=steady_energy,
     )
     coverage = sampler.coverage("window", reading.duration_s)
     sampler.write(run_dir / contract.TIMESERIES_FILE)
 
-    if meter.source and reading.duration_s < MIN_RELIABLE_WINDOW_S:
-        warnings.append(
-            f"window_short: the measured window lasted {reading.duration_s:.2f} s, under the "
-            f"{MIN_RELIABLE_WINDOW_S:.0f} s the energy counter needs; raise n_prompts"
-        )
-    if coverage is not None and coverage < MIN_SAMPLING_COVERAGE:
-        warnings.append(f"low_sampling_coverage: {coverage:.0%} of expected samples arrived")
-    if config.ignore_eos:
-        short = [r for r in records if r.output_tokens != config.max_output_tokens]
-        if short:
-            warnings.append(
-                f"output_length: {len(short)} request(s) did not produce exactly "
-                f"{config.max_output_tokens} tokens"
-            )
+    short = sum(1 for r in records if r.output_tokens != config.max_output_tokens) if config.ignore_eos else 0
+    coverages = [c for c in (coverage, reading.coverage) if c is not None]  # sampler, power polling
+    warnings = window_warnings(
+        duration_s=reading.duration_s, min_window_s=m.min_window_s, passes=passes,
+        coverage=min(coverages) if coverages else None, persistence=persistence, stabilised=stab.reached,
+        stabilisation_detail=stab.detail, short_requests=short,
+        max_output_tokens=config.max_output_tokens,
+    ) + gpu_window_warnings(sampler.phase_rows("window"))
 
+    cpu_source = cpu_meter if cpu_meter else meter
     return RunResult(
         experiment_id=config.config_hash(),
         config=config.model_dump(mode="json", exclude_none=True),
@@ -141,11 +210,25 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         metrics=metrics,
         energy_source=meter.source,
         energy_unavailable_reason=meter.unavailable_reason,
+        energy_fallback_reason=meter.fallback_reason,
         energy_per_device_j=reading.per_device_j,
+        cpu_energy=EnergyReport(
+            source=cpu_source.source,
+            unavailable_reason=cpu_source.unavailable_reason,
+            per_domain_j=(cpu_reading.per_device_j if cpu_reading else reading.per_device_j),
+        ),
         sampling_coverage=coverage,
         warnings=warnings,
-        phases=PhaseTimes(baseline_s=baseline_s, warmup_s=warmup_s, stabilisation_s=stabilisation_s),
+        phases=PhaseTimes(baseline_s=baseline_s, warmup_s=warmup_s, stabilisation_s=stab.waited_s),
+        stabilisation=StabilisationReport(waited_s=stab.waited_s, reached=stab.reached, detail=stab.detail),
+        baseline=baseline,
         environment=environment,
         started_at=started_at,
         finished_at=utc_now(),
     )
+
+
+def baseline_env(result: RunResult) -> str | None:
+    """What a runner passes to the next run of the study so it may reuse this baseline."""
+    return result.baseline.model_dump_json() if result.baseline and result.baseline.power_w else None
+

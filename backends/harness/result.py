@@ -33,6 +33,29 @@ class PhaseTimes(_Strict):
     stabilisation_s: float
 
 
+class EnergyReport(_Strict):
+    """A secondary energy measurement (the host CPU) and what made it."""
+
+    source: str | None
+    unavailable_reason: str | None
+    per_domain_j: dict[str, float]
+
+
+class StabilisationReport(_Strict):
+    waited_s: float
+    reached: bool | None  # None: nothing to wait on (CPU run, disabled, no readings)
+    detail: str
+
+
+class Baseline(_Strict):
+    """Idle power of the measured devices, before the model was loaded."""
+
+    power_w: float | None
+    measured_at_unix: float
+    devices: list[str]  # GPU UUIDs ([] for the CPU)
+    reused: bool  # taken from an earlier run of the study (measurement.baseline_reuse_s)
+
+
 class RunResult(_Strict):
     schema_version: int = SCHEMA_VERSION
     status: Literal["success"] = "success"
@@ -42,10 +65,14 @@ class RunResult(_Strict):
     metrics: Metrics
     energy_source: str | None
     energy_unavailable_reason: str | None
+    energy_fallback_reason: str | None  # why a better source was not used (e.g. no counter: polled)
     energy_per_device_j: dict[str, float]
+    cpu_energy: EnergyReport
     sampling_coverage: float | None  # timeseries samples received / expected in the window
     warnings: list[str]
     phases: PhaseTimes
+    stabilisation: StabilisationReport
+    baseline: Baseline | None
     environment: dict[str, Any]
     started_at: str
     finished_at: str

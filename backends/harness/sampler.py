@@ -14,11 +14,20 @@ from pathlib import Path
 from backends.harness.gpu import GpuDevice
 
 
+def _joined(reasons: list[str] | None) -> str | None:
+    return None if reasons is None else ",".join(reasons)  # None: unreadable, not "none active"
+
+
+def _maybe(fn, pids: list[int] | None, own: set[int]) -> int | None:
+    return None if pids is None else fn(pids, own)
+
+
 class Sampler:
     def __init__(self, gpus: list[GpuDevice], interval_s: float = 0.1) -> None:
         import psutil
 
         self._proc = psutil.Process()
+        self._in_container = Path("/.dockerenv").exists()
         self._proc.cpu_percent(None)  # first call primes the counter
         self.gpus = gpus
         self.interval_s = interval_s
@@ -26,7 +35,7 @@ class Sampler:
         self.rows: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llem-sampler", daemon=True)
-        self._t0 = time.perf_counter()
+        self.t0 = time.perf_counter()  # rows' t_s are seconds since this perf_counter reading
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -48,19 +57,47 @@ class Sampler:
             next_t += self.interval_s
             self._stop.wait(max(0.0, next_t - time.perf_counter()))
 
+    def _own_pids(self) -> set[int]:
+        try:
+            return {self._proc.pid, *(c.pid for c in self._proc.children(recursive=True))}
+        except Exception:  # noqa: BLE001 - a child exiting mid-walk
+            return {self._proc.pid}
+
+    def _foreign(self, gpu_pids: list[int], own: set[int]) -> int:
+        """Processes on the GPU that are not this run's. Inside a container NVML
+        reports host pids, which can't be matched: count the surplus instead."""
+        if not self._in_container or own & set(gpu_pids):
+            return len(set(gpu_pids) - own)
+        return max(0, len(set(gpu_pids)) - len(own))
+
     def _sample(self) -> None:
-        t = time.perf_counter() - self._t0
+        t = time.perf_counter() - self.t0
         mem = self._proc.memory_info().rss / 2**20
         self.rows.append(
             dict(t_s=t, phase=self.phase, device="process", power_w=None, temperature_c=None,
-                 memory_used_mb=mem, utilization_pct=self._proc.cpu_percent(None))
+                 memory_used_mb=mem, utilization_pct=self._proc.cpu_percent(None),
+                 sm_clock_mhz=None, mem_clock_mhz=None, throttle_reasons=None, foreign_processes=None)
         )
+        own = self._own_pids() if self.gpus else set()
         for g in self.gpus:
             self.rows.append(
                 dict(t_s=t, phase=self.phase, device=g.uuid, power_w=g.power_w(),
                      temperature_c=g.temperature_c(), memory_used_mb=g.memory_used_mb(),
-                     utilization_pct=g.utilization_pct())
+                     utilization_pct=g.utilization_pct(), sm_clock_mhz=g.sm_clock_mhz(),
+                     mem_clock_mhz=g.mem_clock_mhz(), throttle_reasons=_joined(g.throttle_reasons()),
+                     foreign_processes=_maybe(self._foreign, g.process_pids(), own))
             )
+
+    def phase_rows(self, phase: str) -> list[dict]:
+        return [r for r in self.rows if r["phase"] == phase]
+
+    def power_series(self, phase: str) -> list[tuple[float, float]]:
+        """(perf_counter time, total GPU power W) per sample of a phase."""
+        per_t: dict[float, float] = {}
+        for r in self.phase_rows(phase):
+            if r["device"] != "process" and r["power_w"] is not None:
+                per_t[r["t_s"]] = per_t.get(r["t_s"], 0.0) + r["power_w"]
+        return [(self.t0 + t, p) for t, p in sorted(per_t.items())]
 
     def peak_gpu_memory_mb(self, phase: str) -> float | None:
         """Peak over the phase's samples of memory used on the run's GPUs, summed per sample."""

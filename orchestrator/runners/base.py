@@ -38,8 +38,10 @@ class Runner(Protocol):
         run_dir: Path,
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> RunOutcome:
-        """Run one experiment to completion (or timeout); never raises for a failed run."""
+        """Run one experiment to completion (or timeout); never raises for a failed run.
+        `extra_env` adds contract variables (e.g. a reusable idle baseline)."""
         ...
 
 

@@ -249,15 +249,17 @@ class DockerRunner:
         run_dir: Path,
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> RunOutcome:
         run_dir.mkdir(parents=True, exist_ok=True)
+        name = _container_name(run_dir)
         if config.backend == "tensorrt":
             with hold_engine(self.engines[config.config_hash()], config, self) as entry:
                 code, reason = self._run_container(
-                    config, run_dir, timeout_s, on_tick, _container_name(run_dir), engine=entry.path
+                    config, run_dir, timeout_s, on_tick, name, engine=entry.path, extra_env=extra_env
                 )
         else:
-            code, reason = self._run_container(config, run_dir, timeout_s, on_tick, _container_name(run_dir))
+            code, reason = self._run_container(config, run_dir, timeout_s, on_tick, name, extra_env=extra_env)
         return read_outcome(run_dir, code, reason=reason)
 
     def _run_container(
@@ -269,6 +271,7 @@ class DockerRunner:
         name: str,
         engine: Path | None = None,
         task: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> tuple[int | None, str | None]:
         """One container to completion: (exit code, failure reason if we stopped it)."""
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +286,7 @@ class DockerRunner:
         }
         self._remove_if_present(name)  # a leftover from an interrupted attempt
         spec = container_spec(config, run_dir, image, assignment, name, labels)
+        spec["environment"].update(extra_env or {})
         if engine is not None:
             spec["volumes"][str(engine)] = {"bind": ENGINE_IN_CONTAINER, "mode": "ro"}
             spec["environment"][contract.ENV_TRT_ENGINE_DIR] = ENGINE_IN_CONTAINER

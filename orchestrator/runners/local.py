@@ -83,15 +83,15 @@ class LocalRunner:
         run_dir: Path,
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> RunOutcome:
+        env = dict(extra_env or {})
         if config.backend == "tensorrt":
             with hold_engine(self.engines[config.config_hash()], config, self) as entry:
-                code, reason = self._run_process(
-                    config, run_dir, timeout_s, on_tick,
-                    extra_env={contract.ENV_TRT_ENGINE_DIR: str(entry.path)},
-                )
+                env[contract.ENV_TRT_ENGINE_DIR] = str(entry.path)
+                code, reason = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env)
         else:
-            code, reason = self._run_process(config, run_dir, timeout_s, on_tick)
+            code, reason = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env)
         return read_outcome(run_dir, code, reason=reason)
 
     def _run_process(
