@@ -35,7 +35,7 @@ class MeasurementConfig(_Strict):
     min_window_s: float = Field(
         5.0, ge=0, description="Repeat passes over the dataset until the window is this long."
     )
-    max_passes: int = Field(20, ge=1, description="Upper bound on passes for min_window_s.")
+    max_passes: int = Field(1000, ge=1, description="Upper bound on passes for min_window_s.")
     # Thermal stabilisation: after warm-up, wait until GPU temperature and power
     # stay within tolerance over a trailing window (GPU runs; skipped on the CPU).
     stabilisation_max_s: float = Field(60.0, ge=0, description="0 disables the wait.")

@@ -46,7 +46,8 @@ def test_successful_run_writes_a_valid_result(tiny_model, tmp_path):
     else:
         assert m.energy_j is None and "RAPL" in result.energy_unavailable_reason
     # passes repeat until the window lasts measurement.min_window_s (default 5 s)
-    assert m.duration_s >= 5.0 and m.n_passes >= 2 and m.n_requests == 6 * m.n_passes
+    assert m.n_passes >= 2 and m.n_requests == 6 * m.n_passes
+    assert m.duration_s >= 5.0 or (m.n_passes == 1000 and any(w.startswith("window_short") for w in result.warnings))
     assert result.environment["packages"]["torch"].startswith("2.13.0")
     assert not (tmp_path / "error.json").exists()
     ts = pd.read_parquet(tmp_path / "timeseries.parquet")
