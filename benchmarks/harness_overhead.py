@@ -11,7 +11,6 @@ timestamps, the background sampler, window bookkeeping. Target: >= 0.98.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from backends.config import ExperimentConfig
+from stats import bootstrap_ci  # benchmarks/stats.py (scripts run from their folder)
 from backends.harness.protocol import run_experiment
 from backends.prompts import load_prompts
 from backends.pytorch import PyTorchBackend, _TimestampStreamer
@@ -47,13 +47,6 @@ def streamer_cost_s(batch_size: int, steps: int = 20000) -> float:
     for _ in range(steps):
         s.put(tokens)
     return (time.perf_counter() - t0) / steps
-
-
-def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the median (no distribution assumed)."""
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ drift in machine load affects both alike. Target: on/off >= 0.99.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
 from backends.config import ExperimentConfig
+from stats import bootstrap_ci  # benchmarks/stats.py (scripts run from their folder)
 from backends.harness.sampler import Sampler
 from backends.prompts import load_prompts
 from backends.pytorch import PyTorchBackend
@@ -22,12 +22,6 @@ def tokens_per_s(backend: PyTorchBackend, prepared: list) -> float:
     t0 = time.perf_counter()
     records = backend.generate(prepared)
     return sum(r.output_tokens for r in records) / (time.perf_counter() - t0)
-
-
-def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
 def main() -> None:

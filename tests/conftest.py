@@ -47,6 +47,21 @@ def llem(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | 
     )
 
 
+def wait_for_second_run(out: Path, timeout_s: float = 300) -> Path:
+    """The manifest of the study under `out`, once run 1 is done and run 2 running."""
+    import json
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for m in out.glob("*/manifest.json"):
+            states = [x["state"] for x in json.loads(m.read_text())["runs"]]
+            if states[:2] == ["done", "running"]:
+                return m
+        time.sleep(0.2)
+    raise AssertionError("the second run never started")
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

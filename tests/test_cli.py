@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, llem, write
+from tests.conftest import REPO, llem, wait_for_second_run, write
 
 TINY = """
 model: llem/tiny-llama
@@ -115,17 +115,7 @@ execution: {n_cycles: 1, order: sequential}
         [sys.executable, "-m", "orchestrator.cli", "run", str(study), "-o", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.time() + 240
-    manifest_path = None
-    while time.time() < deadline:
-        found = list(out.glob("*/manifest.json")) if out.exists() else []
-        if found:
-            m = json.loads(found[0].read_text())
-            if [r["state"] for r in m["runs"]][:2] == ["done", "running"]:
-                manifest_path = found[0]
-                break
-        time.sleep(0.2)
-    assert manifest_path, "the second run never started"
+    manifest_path = wait_for_second_run(out)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)

@@ -17,7 +17,7 @@ import yaml
 
 from backends.config import ExperimentConfig
 from orchestrator.runners.docker import GpuAssignment, ImageInfo, assign_device, container_spec
-from tests.conftest import DOCKER_ENV, LOCAL_BASE, REPO, llem, write
+from tests.conftest import DOCKER_ENV, LOCAL_BASE, REPO, llem, wait_for_second_run, write
 
 TINY = """
 model: llem/tiny-llama
@@ -171,14 +171,7 @@ execution: {n_cycles: 1, order: sequential}
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(f), "--runner", "docker",
                              "-o", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **DOCKER_ENV})
-    deadline, manifest = time.time() + 300, None
-    while time.time() < deadline and manifest is None:
-        for m in out.glob("*/manifest.json"):
-            states = [x["state"] for x in json.loads(m.read_text())["runs"]]
-            if states[:2] == ["done", "running"]:
-                manifest = m
-        time.sleep(0.2)
-    assert manifest, "the second run never started"
+    manifest = wait_for_second_run(out)
     time.sleep(3)
     assert len(llem_containers(manifest.parent)) == 1  # the running one
     proc.send_signal(signal.SIGINT)
