@@ -21,7 +21,6 @@ from orchestrator.study import Study
 @dataclass
 class Resolved:
     device: str
-    model_path: str
     problem: str | None = None  # why this experiment can't run here (dry runs only)
 
 
@@ -101,7 +100,7 @@ def _check_one(
             f"n_prompts: {cfg.n_prompts} requested but dataset '{cfg.dataset}' has only "
             f"{available} prompts; lower n_prompts"
         )
-    return Resolved(device=device, model_path=models[key])
+    return Resolved(device=device)
 
 
 def check_study(
@@ -121,5 +120,5 @@ def check_study(
         except UserError as e:
             if strict:
                 raise UserError(f"{where}: {e}") from None
-            resolved[exp.index] = Resolved(device="-", model_path="-", problem=str(e))
+            resolved[exp.index] = Resolved(device="-", problem=str(e))
     return resolved

@@ -15,7 +15,7 @@ from backends.harness.metrics import compute_metrics
 from backends.harness.protocol import reusable_baseline
 from backends.harness.result import Baseline
 from backends.harness.stabilise import wait_for_plateau
-from backends.harness.steady_state import integrate_power, steady_state_window
+from backends.harness.steady_state import steady_state_window
 from backends.harness.validity import CODES, gpu_window_warnings, window_warnings
 from backends.registry import RequestRecord
 
@@ -169,12 +169,6 @@ def test_steady_state_spans_the_full_concurrency_plateau():
     assert st.end_s < last_token  # the queue drained before the last request finished
     assert st.output_tokens == sum(1 for r in recs for t in r.token_times_s if st.start_s <= t <= st.end_s)
     assert steady_state_window(recs[:1]) is None
-
-
-def test_power_integration_is_the_trapezoid_rule():
-    samples = [(t / 10, 100.0 + 10 * t) for t in range(0, 101)]  # 100 W rising 100 W/s, 10 s
-    assert integrate_power(samples, 0.0, 10.0) == pytest.approx(100 * 10 + 0.5 * 100 * 10 ** 2)
-    assert integrate_power(samples, 20.0, 30.0) is None
 
 
 def test_steady_metrics_are_reported_beside_whole_window():

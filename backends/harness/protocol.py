@@ -19,14 +19,14 @@ from pathlib import Path
 from backends import contract
 from backends.config import ExperimentConfig, MeasurementConfig
 from backends.devices import run_device
-from backends.harness.energy import EnergyMeter, measured, select_cpu_meter, select_gpu_meter
+from backends.harness.energy import EnergyMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter
 from backends.harness.environment import snapshot
 from backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
 from backends.harness.metrics import compute_metrics
 from backends.harness.result import Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport
 from backends.harness.sampler import Sampler
 from backends.harness.stabilise import Stabilisation, wait_for_plateau
-from backends.harness.steady_state import integrate_power, steady_state_window
+from backends.harness.steady_state import steady_state_window
 from backends.harness.validity import gpu_window_warnings, window_warnings
 from backends.prompts import load_prompts
 from backends.registry import RequestRecord, create_backend
@@ -106,10 +106,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
     environment = snapshot(gpus)
     # One source owns each measurement: the inference devices' energy, and (on GPU
     # runs) the host CPU's beside it.
-    if device == "cpu":
-        meter, cpu_meter = select_cpu_meter(), None
-    else:
-        meter, cpu_meter = select_gpu_meter(gpus, m.energy_source), select_cpu_meter()
+    meter = select_meter(device, gpus, m.energy_source)
+    cpu_meter = None if device == "cpu" else select_cpu_meter()
     uuids = [g.uuid for g in gpus.devices]
     persistence = {g.uuid: g.persistence_mode() for g in gpus.devices}
 
@@ -170,7 +168,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
     if m.steady_state and config.backend in CONTINUOUS_BATCHING:
         steady = steady_state_window(first_pass)
         if steady:
-            steady_energy = integrate_power(sampler.power_series("window"), steady.start_s, steady.end_s)
+            steady_energy = integrate_trapezoid(sampler.power_series("window"), steady.start_s, steady.end_s)
 
     metrics = compute_metrics(
         records,

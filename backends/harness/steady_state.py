@@ -4,7 +4,8 @@ when it last holds it, i.e. after ramp-up and before the queue drains.
 
 A request is in flight from its first output token to its last. Energy in the
 window comes from the sampler's power samples (trapezoid), since the energy
-counter is read only at the whole window's edges.
+counter is read only at the whole window's edges
+(`backends.harness.energy.integrate_trapezoid`).
 """
 
 from __future__ import annotations
@@ -44,10 +45,3 @@ def steady_state_window(records: list[RequestRecord], min_duration_s: float = 0.
     tokens = sum(1 for r in records for t in r.token_times_s if first <= t <= last)
     return SteadyState(first, last, peak, tokens)
 
-
-def integrate_power(samples: list[tuple[float, float]], start_s: float, end_s: float) -> float | None:
-    """Trapezoid integral (J) of (time, total power W) samples over [start, end]."""
-    inside = [(t, p) for t, p in samples if start_s <= t <= end_s]
-    if len(inside) < 2:
-        return None
-    return sum((t2 - t1) * (p1 + p2) / 2 for (t1, p1), (t2, p2) in zip(inside, inside[1:]))
