@@ -8,6 +8,7 @@ Nothing is created on disk until the whole study has validated.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.analysis import load_user_config, merged_costs
 from orchestrator.baselines import BaselineCache
 from orchestrator.engines import gpu_for, plan_engines, trtllm_version
 from orchestrator.images import image_status
@@ -24,7 +26,9 @@ from orchestrator.plan import PlannedRun, order_runs
 from orchestrator.preflight import check_study
 from orchestrator.runners import select_runner
 from orchestrator.study import Study, load_study
-from orchestrator.tables import summarise, write_runs_table
+from orchestrator.study_results import StudyResults, open_study
+from orchestrator.summary import write_summary
+from orchestrator.tables import write_runs_table
 
 
 @dataclass
@@ -63,6 +67,19 @@ def _energy_note(runs: pd.DataFrame) -> str | None:
     return str(done["energy_unavailable_reason"].dropna().iloc[0])
 
 
+def _write_report(analysed: StudyResults, notify: Callable[[str], None]) -> None:
+    """The report is a view of results already safe on disk: if it fails, say so and go on."""
+    from orchestrator.report import write_report
+
+    try:
+        path = write_report(analysed)
+    except Exception as e:  # noqa: BLE001
+        notify(f"warning: the HTML report could not be written ({type(e).__name__}: {e}); "
+               f"results are intact; retry with `llem report {analysed.study_dir}`")
+    else:
+        notify(f"report: {path}")
+
+
 def run(
     study_file: str | Path,
     *,
@@ -74,6 +91,8 @@ def run(
     """Run a study (or a single experiment) file; raises UserError on bad input."""
     out = console()
     study = load_study(Path(study_file), cycles=cycles)
+    user_config, user_config_path = load_user_config()
+    costs, cost_sources = merged_costs(study.analysis.costs, user_config.costs, user_config_path)
     notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
     the_runner = select_runner(runner, study, notify)
     resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)
@@ -106,7 +125,9 @@ def run(
 
     study_dir = _new_study_dir(Path(output), study.name)
     shutil.copyfile(study.path, study_dir / study.path.name)  # the study file as given
-    manifest = Manifest.create(study_dir, study, plan, the_runner.name, study.path.name)
+    analysis = {"reference_index": study.reference_index, "costs": costs.model_dump(mode="json"),
+                "cost_sources": cost_sources}
+    manifest = Manifest.create(study_dir, study, plan, the_runner.name, study.path.name, analysis)
     result.study_dir = study_dir
     out.print(f"results: {study_dir}")
     progress = Progress(out, len(plan))
@@ -144,9 +165,12 @@ def run(
     finally:
         write_runs_table(manifest)
 
+    analysed = open_study(study_dir)
     result.runs = pd.read_parquet(study_dir / "runs.parquet")
-    result.summary = summarise(result.runs)
-    print_summary(out, result.summary, _energy_note(result.runs))
+    result.summary = analysed.summary
+    write_summary(analysed.summary, study_dir)
+    print_summary(out, analysed.summary, _energy_note(result.runs), reference=analysed.reference_index)
+    _write_report(analysed, notify)
     counts = manifest.counts()
     out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed: {study_dir}")
     return result

@@ -69,6 +69,111 @@ def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | 
         sys.exit(1)
 
 
+FORMATS = click.Choice(["table", "csv", "json", "markdown"])
+
+
+def _energy_note(results: "StudyResults") -> str | None:  # noqa: F821
+    from orchestrator.report import _energy_reason
+
+    return _energy_reason(results.runs)
+
+
+@main.command("results")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
+              help="table: for reading; csv/json: every summary column; markdown: the table's cells.")
+@click.option("--reference", type=click.IntRange(min=1), default=None,
+              help="Experiment number to take ratios against (default: the study's analysis.reference).")
+@_guard
+def results_cmd(study_dir: Path, fmt: str, reference: int | None) -> None:
+    """Summarise STUDY_DIR across cycles: means, 95% CIs, ratios to the reference, Pareto, flags."""
+    from orchestrator.display import console, cost_table, print_summary, summary_table
+    from orchestrator.export import to_csv, to_json, to_markdown
+    from orchestrator.study_results import open_study
+
+    results = open_study(study_dir, reference)
+    if fmt == "csv":
+        click.echo(to_csv(results.summary), nl=False)
+    elif fmt == "json":
+        click.echo(to_json(results.summary))
+    elif fmt == "markdown":
+        click.echo(to_markdown(*summary_table(results.summary)))
+        costs = cost_table(results.summary)
+        if costs:
+            click.echo("\n" + to_markdown(*costs))
+    else:
+        out = console()
+        out.print(f"{results.name}: {results.study_dir}", markup=False)
+        print_summary(out, results.summary, _energy_note(results), reference=results.reference_index)
+
+
+@main.command("report")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where to write the HTML (default: STUDY_DIR/report.html).")
+@click.option("--reference", type=click.IntRange(min=1), default=None,
+              help="Experiment number to take ratios against (default: the study's analysis.reference).")
+@_guard
+def report_cmd(study_dir: Path, output: Path | None, reference: int | None) -> None:
+    """Write a self-contained HTML report of STUDY_DIR (also written at the end of every study)."""
+    from orchestrator.report import write_report
+    from orchestrator.study_results import open_study
+
+    path = write_report(open_study(study_dir, reference), output)
+    click.echo(f"report: {path}")
+
+
+@main.command("compare")
+@click.argument("dir_a", type=click.Path(path_type=Path))
+@click.argument("dir_b", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@_guard
+def compare_cmd(dir_a: Path, dir_b: Path, fmt: str) -> None:
+    """The configurations DIR_A and DIR_B share, side by side: B - A with its 95% CI."""
+    from orchestrator.compare import compare, environment_differences
+    from orchestrator.display import compare_table, console
+    from orchestrator.export import to_csv, to_json, to_markdown
+    from orchestrator.study_results import open_study
+
+    a, b = open_study(dir_a), open_study(dir_b)
+    table, notes = compare(a, b)
+    if fmt == "csv":
+        click.echo(to_csv(table), nl=False)
+        return
+    if fmt == "json":
+        click.echo(to_json(table))
+        return
+    headers, rows = compare_table(table)
+    diffs = environment_differences(a, b)
+    if fmt == "markdown":
+        if diffs:
+            click.echo(to_markdown(["environment", "A", "B"], [list(d) for d in diffs]))
+        click.echo(to_markdown(headers, rows))
+        return
+    from rich.table import Table
+
+    out = console()
+    out.print(f"A: {a.study_dir}\nB: {b.study_dir}", markup=False)
+    if diffs:
+        t = Table(title="environment differences (these explain most differences)", title_justify="left")
+        for col in ("what", "A", "B"):
+            t.add_column(col, overflow="fold")
+        for d in diffs:
+            t.add_row(*d)
+        out.print(t)
+    else:
+        out.print("environment: no difference in GPUs, driver, CPU, packages, image or llem version")
+    t = Table(title="B - A per configuration: mean ± 95% CI half-width; 'differs' when the CI of the "
+                    "change excludes zero", title_justify="left")
+    for col in headers:
+        t.add_column(col, justify="left" if col in ("settings", "metric") else "right", overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+    for n in notes:
+        out.print(f"note: {n}", markup=False)
+
+
 @main.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_guard

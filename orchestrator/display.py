@@ -130,24 +130,119 @@ class Progress:
         self.out.print(f"{self._line} ... {msg}", markup=False)
 
 
-def print_summary(out: Console, summary: pd.DataFrame, energy_note: str | None) -> None:
-    t = Table(title="summary (mean ± std across cycles)", title_justify="left")
-    for col in ("#", "settings", "runs", "output tok/s", "TTFT p50 ms", "ITL p50 ms", "J/output token", "peak MB"):
-        t.add_column(col, justify="left" if col == "settings" else "right")
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+
+
+def with_ci(r: pd.Series, m: str, digits: int = 1) -> str:
+    """`mean ± half-width of the 95% CI` (or the mean alone when there is no interval)."""
+    mean, lo, hi = r.get(f"{m}_mean"), r.get(f"{m}_ci95_low"), r.get(f"{m}_ci95_high")
+    if _missing(mean):
+        return "n/a"
+    text = _fmt(float(mean), digits)
+    if not _missing(lo) and not _missing(hi):
+        text += f" ± {_fmt((float(hi) - float(lo)) / 2, digits)}"
+    return text
+
+
+def ratio_text(r: pd.Series, m: str) -> str:
+    est, lo, hi = r.get(f"{m}_ratio"), r.get(f"{m}_ratio_ci95_low"), r.get(f"{m}_ratio_ci95_high")
+    if _missing(est):
+        return "n/a"
+    if r.get("is_reference"):
+        return "reference"
+    text = f"{float(est):.2f}x"
+    if not _missing(lo) and not _missing(hi):
+        text += f" ({float(lo):.2f}-{float(hi):.2f})"
+    return text
+
+
+SUMMARY_COLUMNS = (
+    ("output tok/s", lambda r: with_ci(r, "output_tokens_per_s")),
+    ("tok/s vs ref", lambda r: ratio_text(r, "output_tokens_per_s")),
+    ("J/output token", lambda r: with_ci(r, "energy_per_output_token_j", 4)),
+    ("J/token vs ref", lambda r: ratio_text(r, "energy_per_output_token_j")),
+    ("TTFT p50 ms", lambda r: with_ci(r, "ttft_ms_p50")),
+    ("ITL p50 ms", lambda r: with_ci(r, "itl_ms_p50", 2)),
+    ("peak MB", lambda r: _fmt(r.get("peak_memory_mb_mean"), 0)),
+)
+
+
+def summary_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The summary as text cells: one row per configuration (also the markdown export)."""
+    headers = ["#", "settings", "runs", *(h for h, _ in SUMMARY_COLUMNS), "pareto", "flags"]
+    rows = []
     for _, r in summary.iterrows():
-        tps = _fmt(r["output_tokens_per_s_mean"])
-        if r["output_tokens_per_s_std"] is not None and not pd.isna(r["output_tokens_per_s_std"]):
-            tps += f" ± {_fmt(r['output_tokens_per_s_std'])}"
-        t.add_row(
-            str(r["experiment_index"]),
-            r["label"],
+        pareto = r.get("pareto_throughput_energy")
+        rows.append([
+            str(r["experiment_index"]) + ("*" if r.get("is_reference") else ""),
+            str(r["label"]),
             f"{r['runs_done']}/{r['runs_planned']}",
-            tps,
-            _fmt(r["ttft_ms_p50_mean"]),
-            _fmt(r["itl_ms_p50_mean"], 2),
-            _fmt(r["energy_per_output_token_j_mean"], 4),
-            _fmt(r["peak_memory_mb_mean"], 0),
-        )
+            *(get(r) for _, get in SUMMARY_COLUMNS),
+            "yes" if pareto is True else ("n/a" if _missing(pareto) else "no"),
+            str(r.get("flags") or ""),
+        ])
+    return headers, rows
+
+
+def print_summary(out: Console, summary: pd.DataFrame, energy_note: str | None, reference: int = 1) -> None:
+    t = Table(title="summary: mean ± 95% CI half-width across cycles; ratios to the reference (*) "
+                    "with 95% CI; pareto: best throughput for its energy per token", title_justify="left")
+    headers, rows = summary_table(summary)
+    for col in headers:
+        t.add_column(col, justify="left" if col in ("settings", "flags") else "right", overflow="fold")
+    for row in rows:
+        t.add_row(*row)
     out.print(t)
     if energy_note:
-        out.print(f"energy: n/a because {energy_note}")
+        out.print(f"energy: n/a because {energy_note}", markup=False)
+    print_costs(out, summary)
+
+
+def cost_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]] | None:
+    """Cost/carbon columns per configuration (mean ± CI half-width), or None when no price was set."""
+    from orchestrator.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
+
+    cols = [(c, h) for c, h in ((ENERGY_KWH, "kWh/Mtok"), (FACILITY_KWH, "facility kWh/Mtok"),
+                                (ENERGY_COST, "energy cost/Mtok"), (GPU_TIME_COST, "GPU-time cost/Mtok"),
+                                (TOTAL_COST, "cost/Mtok"), (CO2, "gCO2/Mtok")) if f"{c}_mean" in summary]
+    if not cols:
+        return None
+    currency = str(summary["currency"].iloc[0]) if "currency" in summary else ""
+    headers = ["#", "settings", *(h.replace("cost", f"cost ({currency})") for _, h in cols)]
+    rows = [[str(r["experiment_index"]), str(r["label"]), *(with_ci(r, c, 4) for c, _ in cols)]
+            for _, r in summary.iterrows()]
+    return headers, rows
+
+
+def print_costs(out: Console, summary: pd.DataFrame) -> None:
+    table = cost_table(summary)
+    if table is None:
+        return
+    t = Table(title="cost and carbon per million output tokens (Mtok): mean ± 95% CI half-width; "
+                    "n/a where energy or a GPU was not measured", title_justify="left")
+    headers, rows = table
+    for col in headers:
+        t.add_column(col, justify="left" if col == "settings" else "right", overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+
+
+def compare_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """`llem compare` rows as text: A and B with CIs, the change in % and whether it is real."""
+    headers = ["settings", "metric", "A", "B", "change", "change 95% CI", "differs"]
+    rows = []
+    for _, r in table.iterrows():
+        a = {"x_mean": r["a_mean"], "x_ci95_low": r["a_ci95_low"], "x_ci95_high": r["a_ci95_high"]}
+        b = {"x_mean": r["b_mean"], "x_ci95_low": r["b_ci95_low"], "x_ci95_high": r["b_ci95_high"]}
+        pct = r["change_pct"]
+        lo, hi = r["change_ci95_low"], r["change_ci95_high"]
+        ci = "n/a" if _missing(lo) or _missing(hi) else f"{_fmt(float(lo), 3)} to {_fmt(float(hi), 3)}"
+        verdict = r["ci_excludes_zero"]
+        rows.append([
+            str(r["label"]), str(r["metric"]), with_ci(pd.Series(a), "x", 2), with_ci(pd.Series(b), "x", 2),
+            "n/a" if _missing(pct) else f"{float(pct):+.1f}%", ci,
+            "n/a" if _missing(verdict) else ("yes" if verdict else "no"),
+        ])
+    return headers, rows

@@ -32,7 +32,8 @@ class Manifest:
 
     @classmethod
     def create(
-        cls, study_dir: Path, study: Study, runs: list[PlannedRun], runner: str, study_file: str
+        cls, study_dir: Path, study: Study, runs: list[PlannedRun], runner: str, study_file: str,
+        analysis: dict[str, Any] | None = None,
     ) -> Manifest:
         data = {
             "schema_version": SCHEMA_VERSION,
@@ -42,6 +43,8 @@ class Manifest:
             "created_at": utc_now(),
             "runner": runner,
             "execution": study.execution.model_dump(mode="json"),
+            # reference experiment and the prices/intensity in force (with their sources)
+            "analysis": analysis or {"reference_index": study.reference_index},
             "experiments": [
                 {
                     "index": e.index,
@@ -82,6 +85,10 @@ class Manifest:
 
     def run(self, run_id: str) -> dict[str, Any]:
         return next(r for r in self.data["runs"] if r["run_id"] == run_id)
+
+    @property
+    def experiments(self) -> list[dict[str, Any]]:
+        return self.data["experiments"]
 
     def experiment(self, index: int) -> dict[str, Any]:
         return self.data["experiments"][index - 1]

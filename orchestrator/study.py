@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backends.config import BACKENDS, ExperimentConfig
+from orchestrator.analysis import Analysis, parse_analysis
 from orchestrator.errors import UserError
 from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value
 from orchestrator.validation import format_errors
 
-STUDY_KEYS = ("name", "sweep", "experiments", "execution")
+STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis")
 MAX_ERRORS_SHOWN = 10
 
 
@@ -66,6 +67,8 @@ class Study:
     experiments: list[Experiment]
     execution: Execution
     notes: list[str]
+    analysis: Analysis = field(default_factory=Analysis)
+    reference_index: int = 1  # the experiment ratios are taken against
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -198,6 +201,7 @@ def load_study(path: Path, cycles: int | None = None) -> Study:
         exp = Experiment(len(experiments) + 1, config, point.swept, point.origin)
         seen[h] = exp
         experiments.append(exp)
+    analysis = parse_analysis(data.get("analysis"), path)
     return Study(
         name=name,
         path=path,
@@ -206,4 +210,33 @@ def load_study(path: Path, cycles: int | None = None) -> Study:
         experiments=experiments,
         execution=execution,
         notes=notes,
+        analysis=analysis,
+        reference_index=resolve_reference(analysis.reference, experiments, path),
     )
+
+
+def _flat_config(config: ExperimentConfig) -> dict[str, Any]:
+    return _dotted(config.model_dump(mode="json"))
+
+
+def resolve_reference(ref: int | str | dict[str, Any] | None, experiments: list[Experiment], path: Path) -> int:
+    """The 1-based index of the reference experiment named by `analysis.reference`."""
+    if ref is None:
+        return 1
+    if isinstance(ref, int):
+        if 1 <= ref <= len(experiments):
+            return ref
+        raise UserError(f"{path}: analysis.reference: experiment {ref} does not exist; use 1 to {len(experiments)}")
+    if isinstance(ref, str):
+        hits = [e for e in experiments if ref in (e.label, e.id) or (len(ref) >= 6 and e.id.startswith(ref))]
+        if len(hits) == 1:
+            return hits[0].index
+        labels = "; ".join(e.label for e in experiments[:MAX_ERRORS_SHOWN])
+        raise UserError(f"{path}: analysis.reference: {ref!r} names no single experiment; "
+                        f"use an index, an id, or one of the labels: {labels}")
+    hits = [e for e in experiments
+            if all(_flat_config(e.config).get(k, e.swept.get(k)) == v for k, v in ref.items())]
+    if len(hits) == 1:
+        return hits[0].index
+    which = "no experiment" if not hits else f"{len(hits)} experiments ({', '.join(str(e.index) for e in hits)})"
+    raise UserError(f"{path}: analysis.reference: {ref} matches {which}; give settings that pick exactly one")

@@ -70,6 +70,7 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
                     "resolved.dtype": result.resolved.dtype,
                     "resolved.n_parameters": result.resolved.n_parameters,
                     "environment.gpus": ", ".join(g["name"] for g in env.get("gpus", [])),
+                    "n_gpus": len(env.get("gpus", [])),  # the run's GPUs (0 on the CPU)
                     "environment.gpu_driver": env.get("gpu_driver"),
                     "environment.cpu_model": env.get("cpu_model"),
                     "environment.torch": env.get("packages", {}).get("torch"),
@@ -93,25 +94,3 @@ def write_runs_table(manifest: Manifest) -> Path:
     path = manifest.study_dir / RUNS_FILE
     write_bytes_atomic(path, buf.getvalue())
     return path
-
-
-HEADLINE = ("output_tokens_per_s", "ttft_ms_p50", "itl_ms_p50", "energy_per_output_token_j", "peak_memory_mb")
-
-
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment across cycles: runs done / planned, mean and std of the headline metrics."""
-    out = []
-    for idx, g in runs.groupby("experiment_index", sort=True):
-        ok = g[g["status"] == "done"]
-        row: dict[str, Any] = {
-            "experiment_index": idx,
-            "label": g["label"].iloc[0],
-            "runs_done": len(ok),
-            "runs_planned": len(g),
-        }
-        for m in HEADLINE:
-            vals = pd.to_numeric(ok[m], errors="coerce").dropna()
-            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else None
-            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
-        out.append(row)
-    return pd.DataFrame(out)

@@ -20,6 +20,7 @@ def llem_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs = {"cache": root / "cache", "data": root / "data"}
     os.environ["LLEM_CACHE_DIR"] = str(dirs["cache"])
     os.environ["LLEM_DATA_DIR"] = str(dirs["data"])
+    os.environ["LLEM_CONFIG"] = str(root / "config.yaml")  # no user config unless a test writes one
     return dirs
 
 
@@ -60,6 +61,31 @@ def wait_for_second_run(out: Path, timeout_s: float = 300) -> Path:
                 return m
         time.sleep(0.2)
     raise AssertionError("the second run never started")
+
+
+CPU_STUDY = """\
+name: cpu-three-cycles
+model: llem/tiny-llama
+backend: pytorch
+dataset: synthetic
+n_prompts: 8
+max_input_tokens: 32
+max_output_tokens: 8
+measurement: {min_window_s: 0.5, warmup_batches: 1}
+sweep:
+  pytorch.batch_size: [1, 4]
+execution: {n_cycles: 3, order: interleaved}
+"""
+
+
+@pytest.fixture(scope="session")
+def cpu_study(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-configuration x 3-cycle study on the CPU (local runner), run once per session."""
+    root = tmp_path_factory.mktemp("cpu-study")
+    r = llem("run", str(write(root / "study.yaml", CPU_STUDY)), "--runner", "local", "-o", str(root / "out"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (study_dir,) = (root / "out").iterdir()
+    return study_dir
 
 
 def write(path: Path, text: str) -> Path:

@@ -1,0 +1,256 @@
+"""`report.html`: one self-contained page a non-specialist can read — headline
+sentences, the summary with intervals, charts, the environment, every warning and
+failure, and the study file. Charts are embedded; nothing is fetched when opened."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from backends import __version__
+from backends.atomic import write_bytes_atomic
+from backends.config import BACKENDS
+from backends.contract import TIMESERIES_FILE
+from orchestrator import charts
+from orchestrator.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
+from orchestrator.display import ratio_text, with_ci
+from orchestrator.headlines import headlines
+from orchestrator.manifest import utc_now
+from orchestrator.study_results import StudyResults, study_file_text
+from orchestrator.summary import ENERGY, LATENCY, THROUGHPUT, swept_keys
+
+REPORT_FILE = "report.html"
+MAX_POWER_RUNS = 8
+
+ENVIRONMENT_COLUMNS = (
+    ("GPUs", "environment.gpus"),
+    ("GPU driver", "environment.gpu_driver"),
+    ("CPU", "environment.cpu_model"),
+    ("torch", "environment.torch"),
+    ("transformers", "environment.transformers"),
+    ("image", "image_ref"),
+    ("image id", "image_id"),
+    ("energy source", "energy_source"),
+    ("llem version", "tool_version"),
+    ("llem commit", "tool_commit"),
+)
+
+COST_ROWS = (
+    (ENERGY_KWH, "energy, kWh per million output tokens", 4),
+    (FACILITY_KWH, "facility energy (x PUE), kWh per million output tokens", 4),
+    (ENERGY_COST, "energy cost per million output tokens", 4),
+    (GPU_TIME_COST, "GPU-time cost per million output tokens", 4),
+    (TOTAL_COST, "total cost per million output tokens", 4),
+    (CO2, "CO2, g per million output tokens", 2),
+)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _distinct(runs: pd.DataFrame, col: str) -> str:
+    if col not in runs:
+        return "n/a"
+    vals = [str(v) for v in runs[col].dropna().unique() if str(v)]
+    return ", ".join(vals) if vals else "n/a"
+
+
+def _energy_reason(runs: pd.DataFrame) -> str | None:
+    done = runs[runs["status"] == "done"]
+    if done.empty or done["energy_j"].notna().any():
+        return None
+    reasons = done["energy_unavailable_reason"].dropna()
+    return str(reasons.iloc[0]) if len(reasons) else "no energy source"
+
+
+def _window_series(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
+    """(t_s, value) of one run's measured window: summed GPU power, else the run
+    process's CPU utilisation; and which one it is ('power' | 'cpu' | '')."""
+    try:
+        ts = pd.read_parquet(run_dir / TIMESERIES_FILE)
+    except (OSError, ValueError):
+        return None, ""
+    win = ts[ts["phase"] == "window"]
+    if win.empty:
+        return None, ""
+    t0 = win["t_s"].min()
+    gpu = win[(win["device"] != "process") & win["power_w"].notna()]
+    if not gpu.empty:
+        s = gpu.groupby("t_s", as_index=False)["power_w"].sum()
+        return s.assign(t_s=s["t_s"] - t0).rename(columns={"power_w": "value"}), "power"
+    proc = win[(win["device"] == "process") & win["utilization_pct"].notna()]
+    if proc.empty:
+        return None, ""
+    s = proc[["t_s", "utilization_pct"]].rename(columns={"utilization_pct": "value"})
+    return s.assign(t_s=s["t_s"] - t0), "cpu"
+
+
+def _power_section(results: StudyResults) -> dict[str, Any]:
+    """The first finished run of each configuration (up to MAX_POWER_RUNS)."""
+    runs = results.runs
+    chosen = (runs[runs["status"] == "done"].sort_values(["experiment_index", "cycle"])
+              .groupby("experiment_index").head(1).head(MAX_POWER_RUNS))
+    power, cpu = [], []
+    for _, r in chosen.iterrows():
+        series, kind = _window_series(results.study_dir / r["run_dir"])
+        label = f"{r['experiment_index']}: {r['label']} ({r['run_id']})"
+        if kind == "power":
+            power.append((label, series))
+        elif kind == "cpu":
+            cpu.append((label, series))
+    out: dict[str, Any] = {"runs": [f"{r['run_id']} ({r['label']})" for _, r in chosen.iterrows()]}
+    if power:
+        out["chart"] = charts.timeseries_chart(power, "value", "GPU power (W)", "Power during the measured window")
+        out["kind"] = "power"
+    elif cpu:
+        out["chart"] = charts.timeseries_chart(
+            cpu, "value", "CPU use of the run process (%)", "No power samples: CPU use during the measured window")
+        out["kind"] = "cpu"
+    return out
+
+
+def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append({
+            "index": r["experiment_index"], "label": r["label"], "backend": r["backend"],
+            "reference": bool(r["is_reference"]), "runs": f"{r['runs_done']}/{r['runs_planned']}",
+            "throughput": with_ci(r, THROUGHPUT), "throughput_ratio": ratio_text(r, THROUGHPUT),
+            "energy": with_ci(r, ENERGY, 4), "energy_ratio": ratio_text(r, ENERGY),
+            "power": with_ci(r, "avg_power_w"), "memory": with_ci(r, "peak_memory_mb", 0),
+            "pareto": bool(r["pareto_throughput_energy"]) if not _missing(r["pareto_throughput_energy"]) else None,
+            "pareto_latency": bool(r["pareto_latency_energy"]) if not _missing(r["pareto_latency_energy"]) else None,
+            "flags": r["flags"],
+        })
+    return rows
+
+
+def _latency_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    cols = ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p90", "itl_ms_p99")
+    return [{"index": r["experiment_index"], "label": r["label"],
+             **{c: with_ci(r, c, 2 if c.startswith("itl") else 1) for c in cols}} for _, r in summary.iterrows()]
+
+
+def _cost_rows(results: StudyResults) -> list[dict[str, Any]]:
+    s = results.summary
+    rows = []
+    for col, title, digits in COST_ROWS:
+        if f"{col}_mean" in s:
+            rows.append({"title": title, "values": [with_ci(r, col, digits) for _, r in s.iterrows()]})
+    return rows
+
+
+def chart_axes(summary: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The x axes to chart. Backend-scoped keys that play the same role on each
+    backend (one swept key per backend, e.g. pytorch.batch_size and
+    vllm.max_num_seqs) share one axis, one line per backend; `backend` itself is
+    then shown by those lines rather than a chart of its own."""
+    scoped: dict[str, list[str]] = {}
+    for k in keys:
+        head = k.split(".", 1)[0]
+        if head in BACKENDS and "." in k:
+            scoped.setdefault(head, []).append(k)
+    if len(scoped) >= 2 and all(len(v) == 1 for v in scoped.values()):
+        joint = [v[0] for v in scoped.values()]
+        name = " / ".join(joint)
+        summary = summary.copy()
+        summary[name] = [next((r[k] for k in joint if not _missing(r[k])), None) for _, r in summary.iterrows()]
+        rest = [k for k in keys if k not in joint and k != "backend"]
+        return summary, [name, *rest]
+    return summary, keys
+
+
+def _charts(results: StudyResults, keys: list[str], energy: bool) -> list[dict[str, str]]:
+    out = []
+    s, axes = chart_axes(results.summary, keys)
+    for k in axes:
+        out.append({"title": f"Throughput by {k}",
+                    "uri": charts.metric_by_parameter(s, k, THROUGHPUT, "output tokens/s")})
+        if energy:
+            out.append({"title": f"Energy per output token by {k}",
+                        "uri": charts.metric_by_parameter(s, k, ENERGY, "J per output token")})
+    return out
+
+
+def _warnings(runs: pd.DataFrame) -> list[dict[str, str]]:
+    out = []
+    for _, r in runs.iterrows():
+        for w in str(r.get("warnings") or "").split(" | "):
+            if w and w != "None":
+                out.append({"run": r["run_id"], "label": r["label"], "warning": w})
+    return out
+
+
+def render_report(results: StudyResults) -> str:
+    runs, summary, m = results.runs, results.summary, results.manifest.data
+    keys = swept_keys(m["experiments"])
+    keys = [k for k in keys if k in summary]
+    energy_reason = _energy_reason(runs)
+    has_energy = bool(summary[f"{ENERGY}_mean"].notna().any()) if not summary.empty else False
+    pareto = []
+    if has_energy:
+        pareto.append({"title": "Throughput against energy per token", "uri": charts.pareto_chart(
+            summary, THROUGHPUT, ENERGY, "pareto_throughput_energy", "output tokens/s", "J per output token")})
+        if summary[f"{LATENCY}_mean"].notna().any():
+            pareto.append({"title": "Latency against energy per token", "uri": charts.pareto_chart(
+                summary, LATENCY, ENERGY, "pareto_latency_energy", "TTFT p50 (ms)", "J per output token")})
+    latency_chart = None
+    if not summary.empty and summary["ttft_ms_p50_mean"].notna().any():
+        latency_chart = charts.grouped_bars(
+            summary, [("ttft_ms_p50", "p50"), ("ttft_ms_p90", "p90"), ("ttft_ms_p99", "p99")],
+            "ms", "Time to first token by configuration (mean, 95% CI)")
+    failed = runs[runs["status"] == "failed"]
+    ref = summary[summary["is_reference"]]
+    env = runs[runs["status"] == "done"]
+    context = {
+        "name": results.name,
+        "study_dir": str(results.study_dir),
+        "generated_at": utc_now(),
+        "tool_version": __version__,
+        "created_at": m.get("created_at"),
+        "runner": m.get("runner"),
+        "n_runs": len(runs),
+        "counts": runs["status"].value_counts().to_dict(),
+        "n_cycles": m.get("execution", {}).get("n_cycles"),
+        "order": m.get("execution", {}).get("order"),
+        "reference": ref.iloc[0]["label"] if len(ref) else None,
+        "headlines": headlines(summary, keys, energy_reason) if keys else [],
+        "energy_reason": energy_reason,
+        "has_energy": has_energy,
+        "summary_rows": _summary_rows(summary),
+        "latency_rows": _latency_rows(summary),
+        "latency_chart": latency_chart,
+        "charts": _charts(results, keys, has_energy),
+        "pareto": pareto,
+        "power": _power_section(results),
+        "cost_rows": _cost_rows(results),
+        "cost_columns": [f"{r['experiment_index']}" for _, r in summary.iterrows()],
+        "costs": results.costs,
+        "cost_sources": results.cost_sources,
+        "currency": results.costs.currency,
+        "warnings": _warnings(runs),
+        "failed": [{"run": r["run_id"], "label": r["label"], "error": r["error"] or "unknown"}
+                   for _, r in failed.iterrows()],
+        "environment": [(title, _distinct(env, col)) for title, col in ENVIRONMENT_COLUMNS],
+        "study_file": study_file_text(results),
+        "study_file_name": m.get("study_file"),
+    }
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return templates.get_template("report.html.j2").render(**context)
+
+
+def write_report(results: StudyResults, path: Path | None = None) -> Path:
+    path = path or results.study_dir / REPORT_FILE
+    write_bytes_atomic(path, render_report(results).encode("utf-8"))
+    return path
