@@ -27,7 +27,7 @@ from orchestrator.preflight import check_study
 from orchestrator.runners import select_runner
 from orchestrator.study import Study, load_study
 from orchestrator.study_results import StudyResults, open_study
-from orchestrator.summary import write_summary
+from orchestrator.summary import energy_reason, write_summary
 from orchestrator.tables import write_runs_table
 
 
@@ -58,13 +58,6 @@ def _new_study_dir(root: Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"cannot create a study directory under {root}")
-
-
-def _energy_note(runs: pd.DataFrame) -> str | None:
-    done = runs[runs["status"] == "done"]
-    if done.empty or done["energy_j"].notna().any():
-        return None
-    return str(done["energy_unavailable_reason"].dropna().iloc[0])
 
 
 def _write_report(analysed: StudyResults, notify: Callable[[str], None]) -> None:
@@ -169,7 +162,7 @@ def run(
     result.runs = pd.read_parquet(study_dir / "runs.parquet")
     result.summary = analysed.summary
     write_summary(analysed.summary, study_dir)
-    print_summary(out, analysed.summary, _energy_note(result.runs), reference=analysed.reference_index)
+    print_summary(out, analysed.summary, energy_reason(result.runs), reference=analysed.reference_index)
     _write_report(analysed, notify)
     counts = manifest.counts()
     out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed: {study_dir}")

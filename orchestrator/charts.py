@@ -57,7 +57,7 @@ def _err(rows: pd.DataFrame, m: str) -> tuple[list[float], list[list[float]]]:
 def metric_by_parameter(summary: pd.DataFrame, param: str, metric: str, ylabel: str) -> str:
     """Mean and 95% CI of `metric` against swept `param`, one line per backend."""
     fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT))
-    values = [v for v in summary[param].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    values = [v for v in summary[param].tolist() if not pd.isna(v)]
     numeric = all(_num(v) is not None and not isinstance(v, bool) for v in values)
     categories = list(dict.fromkeys(str(v) for v in values))
     for i, (backend, rows) in enumerate(summary.groupby("backend", sort=False)):

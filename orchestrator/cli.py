@@ -72,10 +72,10 @@ def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | 
 FORMATS = click.Choice(["table", "csv", "json", "markdown"])
 
 
-def _energy_note(results: "StudyResults") -> str | None:  # noqa: F821
-    from orchestrator.report import _energy_reason
+def _energy_note(results: Any) -> str | None:
+    from orchestrator.summary import energy_reason
 
-    return _energy_reason(results.runs)
+    return energy_reason(results.runs)
 
 
 @main.command("results")
@@ -113,13 +113,16 @@ def results_cmd(study_dir: Path, fmt: str, reference: int | None) -> None:
               help="Where to write the HTML (default: STUDY_DIR/report.html).")
 @click.option("--reference", type=click.IntRange(min=1), default=None,
               help="Experiment number to take ratios against (default: the study's analysis.reference).")
+@click.option("--runs", "power_runs", default=None, metavar="RUN_ID,...",
+              help="Runs whose power over time to chart (default: the first finished run of each configuration).")
 @_guard
-def report_cmd(study_dir: Path, output: Path | None, reference: int | None) -> None:
+def report_cmd(study_dir: Path, output: Path | None, reference: int | None, power_runs: str | None) -> None:
     """Write a self-contained HTML report of STUDY_DIR (also written at the end of every study)."""
     from orchestrator.report import write_report
     from orchestrator.study_results import open_study
 
-    path = write_report(open_study(study_dir, reference), output)
+    chosen = [r.strip() for r in power_runs.split(",") if r.strip()] if power_runs else None
+    path = write_report(open_study(study_dir, reference), output, chosen)
     click.echo(f"report: {path}")
 
 

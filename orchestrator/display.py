@@ -19,7 +19,7 @@ from orchestrator.study import Study
 def console() -> Console:
     c = Console(highlight=False)
     if not c.is_terminal:
-        c = Console(highlight=False, width=160, no_color=True)
+        c = Console(highlight=False, width=200, no_color=True)
     return c
 
 
@@ -190,7 +190,8 @@ def print_summary(out: Console, summary: pd.DataFrame, energy_note: str | None, 
                     "with 95% CI; pareto: best throughput for its energy per token", title_justify="left")
     headers, rows = summary_table(summary)
     for col in headers:
-        t.add_column(col, justify="left" if col in ("settings", "flags") else "right", overflow="fold")
+        t.add_column(col, justify="left" if col in ("settings", "flags") else "right", overflow="fold",
+                     no_wrap=col == "settings")
     for row in rows:
         t.add_row(*row)
     out.print(t)

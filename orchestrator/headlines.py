@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator import stats
 from orchestrator.summary import ENERGY, THROUGHPUT
 
 
@@ -19,43 +20,64 @@ def _same(a: Any, b: Any) -> bool:
     return (_missing(a) and _missing(b)) or a == b
 
 
-def _effect(row: pd.Series, metric: str, noun: str) -> str:
-    est, lo, hi = row.get(f"{metric}_ratio"), row.get(f"{metric}_ratio_ci95_low"), row.get(f"{metric}_ratio_ci95_high")
-    if _missing(est):
+def _values(runs: pd.DataFrame, index: int, metric: str) -> list[float]:
+    ok = runs[(runs["status"] == "done") & (runs["experiment_index"] == index)]
+    return pd.to_numeric(ok[metric], errors="coerce").dropna().tolist() if metric in ok else []
+
+
+def _effect_text(r: stats.Interval, noun: str) -> str:
+    if r.estimate is None:
         return ""
-    text = f"{float(est):.2f}x the {noun}"
-    if _missing(lo) or _missing(hi):
+    text = f"{r.estimate:.2f}x the {noun}"
+    if r.low is None or r.high is None:
         return text + " (no confidence interval: fewer than 2 finished cycles on one side)"
-    text += f" (95% CI {float(lo):.2f}-{float(hi):.2f})"
-    if float(lo) <= 1.0 <= float(hi):
+    text += f" (95% CI {r.low:.2f}-{r.high:.2f})"
+    if r.excludes(1.0) is False:
         text += ", which is not distinguishable from no change"
     return text
 
 
+def _effect(row: pd.Series, metric: str, noun: str) -> str:
+    """The summary's ratio to the study's reference, as words."""
+    est, lo, hi = (row.get(f"{metric}_ratio{s}") for s in ("", "_ci95_low", "_ci95_high"))
+    return _effect_text(stats.Interval(*(None if _missing(v) else float(v) for v in (est, lo, hi))), noun)
+
+
 def _show(v: Any) -> str:
-    return "n/a" if _missing(v) else str(v)
+    if _missing(v):
+        return "n/a"
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
-def headline(summary: pd.DataFrame, param: str, keys: list[str], energy_reason: str | None) -> str:
+def headline(summary: pd.DataFrame, runs: pd.DataFrame, param: str, keys: list[str],
+             energy_reason: str | None) -> str:
+    """Compare the last value of `param` with its baseline, all other swept settings
+    equal. The baseline is the reference configuration where `param` applies to it,
+    else (a setting of another backend) the first configuration it applies to."""
+    applies = summary[[not _missing(v) for v in summary[param]]]
+    if applies.empty:
+        return f"{param}: no configuration has this setting."
     ref = summary[summary["is_reference"]]
-    if ref.empty:
-        return f"{param}: no reference configuration."
-    ref_row = ref.iloc[0]
+    base = ref.iloc[0] if len(ref) and not _missing(ref.iloc[0][param]) else applies.iloc[0]
     others = [k for k in keys if k != param]
-    group = summary[[all(_same(r[k], ref_row[k]) for k in others) for _, r in summary.iterrows()]]
-    changed = group[[not _same(v, ref_row[param]) for v in group[param]]]
+    group = summary[[all(_same(r[k], base[k]) for k in others) for _, r in summary.iterrows()]]
+    changed = group[[not _same(v, base[param]) for v in group[param]]]
     changed = changed[changed["runs_done"] > 0]
     if changed.empty:
-        return (f"{param}: no finished configuration differs from the reference "
-                f"({ref_row['label']}) in {param} alone, so its effect cannot be isolated.")
+        return (f"{param}: no finished configuration differs from {base['label']} in {param} alone, "
+                "so its effect cannot be isolated.")
     row = changed.iloc[-1]  # the last value swept: usually the far end of the range
-    parts = [p for p in (_effect(row, ENERGY, "energy per output token"),
-                         _effect(row, THROUGHPUT, "output throughput")) if p]
-    sentence = f"Changing {param} from {_show(ref_row[param])} (the reference) to {_show(row[param])} gives "
+    which = "the reference" if base["is_reference"] else "the first configuration with this setting"
+    parts = []
+    for metric, noun in ((ENERGY, "energy per output token"), (THROUGHPUT, "output throughput")):
+        r = stats.ratio(_values(runs, row["experiment_index"], metric), _values(runs, base["experiment_index"], metric))
+        if r.estimate is not None:
+            parts.append(_effect_text(r, noun))
+    sentence = f"Changing {param} from {_show(base[param])} ({which}) to {_show(row[param])} gives "
     if not parts:
         return sentence + "no comparable result."
     sentence += " and ".join(parts) + "."
-    if _missing(row.get(f"{ENERGY}_ratio")) and energy_reason:
+    if not _values(runs, row["experiment_index"], ENERGY) and energy_reason:
         sentence += f" Energy was not measured: {energy_reason}."
     return sentence
 
@@ -64,13 +86,13 @@ def backend_headline(summary: pd.DataFrame, energy_reason: str | None) -> str:
     """Backends are compared at their best: settings named differently per backend
     (batch size, max_num_seqs, max_batch_size) cannot be matched one to one."""
     ok = summary[summary["runs_done"] > 0]
-    metric, noun, best = (ENERGY, "lowest energy per output token", "idxmin")
+    metric, noun, what, best = (ENERGY, "lowest energy per output token", "energy per output token", "idxmin")
     if ok[f"{ENERGY}_mean"].isna().all():
-        metric, noun, best = (THROUGHPUT, "highest output throughput", "idxmax")
+        metric, noun, what, best = (THROUGHPUT, "highest output throughput", "output throughput", "idxmax")
     parts = []
     for backend, rows in ok.groupby("backend", sort=False):
         r = rows.loc[getattr(rows[f"{metric}_mean"].astype(float), best)()]
-        ratio = _effect(r, metric, "reference's value") if not r["is_reference"] else "the reference"
+        ratio = _effect(r, metric, f"reference's {what}") if not r["is_reference"] else "the reference"
         parts.append(f"{backend} at its best ({r['label']}) reaches {ratio}")
     if len(parts) < 2:
         return "backend: fewer than two backends finished, so they cannot be compared."
@@ -80,6 +102,6 @@ def backend_headline(summary: pd.DataFrame, energy_reason: str | None) -> str:
     return text
 
 
-def headlines(summary: pd.DataFrame, keys: list[str], energy_reason: str | None) -> list[str]:
-    return [backend_headline(summary, energy_reason) if k == "backend" else headline(summary, k, keys, energy_reason)
-            for k in keys]
+def headlines(summary: pd.DataFrame, runs: pd.DataFrame, keys: list[str], energy_reason: str | None) -> list[str]:
+    return [backend_headline(summary, energy_reason) if k == "backend"
+            else headline(summary, runs, k, keys, energy_reason) for k in keys]

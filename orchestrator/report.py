@@ -18,10 +18,11 @@ from backends.contract import TIMESERIES_FILE
 from orchestrator import charts
 from orchestrator.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from orchestrator.display import ratio_text, with_ci
+from orchestrator.errors import UserError
 from orchestrator.headlines import headlines
 from orchestrator.manifest import utc_now
 from orchestrator.study_results import StudyResults, study_file_text
-from orchestrator.summary import ENERGY, LATENCY, THROUGHPUT, swept_keys
+from orchestrator.summary import ENERGY, LATENCY, THROUGHPUT, energy_reason, swept_keys
 
 REPORT_FILE = "report.html"
 MAX_POWER_RUNS = 8
@@ -60,14 +61,6 @@ def _distinct(runs: pd.DataFrame, col: str) -> str:
     return ", ".join(vals) if vals else "n/a"
 
 
-def _energy_reason(runs: pd.DataFrame) -> str | None:
-    done = runs[runs["status"] == "done"]
-    if done.empty or done["energy_j"].notna().any():
-        return None
-    reasons = done["energy_unavailable_reason"].dropna()
-    return str(reasons.iloc[0]) if len(reasons) else "no energy source"
-
-
 def _window_series(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
     """(t_s, value) of one run's measured window: summed GPU power, else the run
     process's CPU utilisation; and which one it is ('power' | 'cpu' | '')."""
@@ -90,11 +83,18 @@ def _window_series(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
     return s.assign(t_s=s["t_s"] - t0), "cpu"
 
 
-def _power_section(results: StudyResults) -> dict[str, Any]:
-    """The first finished run of each configuration (up to MAX_POWER_RUNS)."""
+def _power_section(results: StudyResults, run_ids: list[str] | None = None) -> dict[str, Any]:
+    """The chosen runs, or the first finished run of each configuration (up to MAX_POWER_RUNS)."""
     runs = results.runs
-    chosen = (runs[runs["status"] == "done"].sort_values(["experiment_index", "cycle"])
-              .groupby("experiment_index").head(1).head(MAX_POWER_RUNS))
+    if run_ids:
+        unknown = [r for r in run_ids if r not in set(runs["run_id"])]
+        if unknown:
+            raise UserError(f"--runs: no run {', '.join(unknown)} in {results.study_dir}; "
+                            f"run ids look like {runs['run_id'].iloc[0]} (see manifest.json)")
+        chosen = runs[runs["run_id"].isin(run_ids) & (runs["status"] == "done")]
+    else:
+        chosen = (runs[runs["status"] == "done"].sort_values(["experiment_index", "cycle"])
+                  .groupby("experiment_index").head(1).head(MAX_POWER_RUNS))
     power, cpu = [], []
     for _, r in chosen.iterrows():
         series, kind = _window_series(results.study_dir / r["run_dir"])
@@ -121,7 +121,7 @@ def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
             "index": r["experiment_index"], "label": r["label"], "backend": r["backend"],
             "reference": bool(r["is_reference"]), "runs": f"{r['runs_done']}/{r['runs_planned']}",
             "throughput": with_ci(r, THROUGHPUT), "throughput_ratio": ratio_text(r, THROUGHPUT),
-            "energy": with_ci(r, ENERGY, 4), "energy_ratio": ratio_text(r, ENERGY),
+            "energy": with_ci(r, ENERGY, 3), "energy_ratio": ratio_text(r, ENERGY),
             "power": with_ci(r, "avg_power_w"), "memory": with_ci(r, "peak_memory_mb", 0),
             "pareto": bool(r["pareto_throughput_energy"]) if not _missing(r["pareto_throughput_energy"]) else None,
             "pareto_latency": bool(r["pareto_latency_energy"]) if not _missing(r["pareto_latency_energy"]) else None,
@@ -186,11 +186,11 @@ def _warnings(runs: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
-def render_report(results: StudyResults) -> str:
+def render_report(results: StudyResults, power_runs: list[str] | None = None) -> str:
     runs, summary, m = results.runs, results.summary, results.manifest.data
     keys = swept_keys(m["experiments"])
     keys = [k for k in keys if k in summary]
-    energy_reason = _energy_reason(runs)
+    no_energy = energy_reason(runs)
     has_energy = bool(summary[f"{ENERGY}_mean"].notna().any()) if not summary.empty else False
     pareto = []
     if has_energy:
@@ -219,15 +219,15 @@ def render_report(results: StudyResults) -> str:
         "n_cycles": m.get("execution", {}).get("n_cycles"),
         "order": m.get("execution", {}).get("order"),
         "reference": ref.iloc[0]["label"] if len(ref) else None,
-        "headlines": headlines(summary, keys, energy_reason) if keys else [],
-        "energy_reason": energy_reason,
+        "headlines": headlines(summary, runs, keys, no_energy) if keys else [],
+        "energy_reason": no_energy,
         "has_energy": has_energy,
         "summary_rows": _summary_rows(summary),
         "latency_rows": _latency_rows(summary),
         "latency_chart": latency_chart,
         "charts": _charts(results, keys, has_energy),
         "pareto": pareto,
-        "power": _power_section(results),
+        "power": _power_section(results, power_runs),
         "cost_rows": _cost_rows(results),
         "cost_columns": [f"{r['experiment_index']}" for _, r in summary.iterrows()],
         "costs": results.costs,
@@ -250,7 +250,7 @@ def render_report(results: StudyResults) -> str:
     return templates.get_template("report.html.j2").render(**context)
 
 
-def write_report(results: StudyResults, path: Path | None = None) -> Path:
+def write_report(results: StudyResults, path: Path | None = None, power_runs: list[str] | None = None) -> Path:
     path = path or results.study_dir / REPORT_FILE
-    write_bytes_atomic(path, render_report(results).encode("utf-8"))
+    write_bytes_atomic(path, render_report(results, power_runs).encode("utf-8"))
     return path

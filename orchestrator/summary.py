@@ -89,6 +89,9 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
               costs: Costs | None = None) -> pd.DataFrame:
     """One row per experiment of the manifest (in index order), whether or not any run finished."""
     runs = runs.copy()
+    for col in ("experiment_index", "status"):
+        if col not in runs:  # a study with no runs
+            runs[col] = pd.Series(dtype=object)
     costs = costs or Costs()
     cost_cols = add_cost_columns(runs, costs)
     metrics = [m for m, _ in HEADLINE] + cost_cols
@@ -141,15 +144,27 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
     if out.empty:
         return out
     for k in keys:  # parquet needs one type per column: mixed swept values become text
-        kinds = {type(v) for v in out[k] if v is not None}
-        if len(kinds) > 1 and kinds != {int, float} or kinds & {list, dict}:
-            out[k] = [None if v is None else str(v) for v in out[k]]
+        raw = [flatten(e["config"]).get(k, e.get("swept", {}).get(k)) for e in experiments]
+        kinds = {type(v) for v in raw if v is not None}
+        if kinds == {int}:
+            out[k] = pd.array(raw, dtype="Int64")  # stays integer beside backends without it
+        elif len(kinds) > 1 and kinds != {int, float} or kinds & {list, dict}:
+            out[k] = [None if v is None else str(v) for v in raw]
     tps, etok, lat = (out[f"{m}_mean"].tolist() for m in (THROUGHPUT, ENERGY, LATENCY))
     out["pareto_throughput_energy"] = pd.array(pareto_front(tps, etok, maximise_x=True, maximise_y=False),
                                                dtype="boolean")
     out["pareto_latency_energy"] = pd.array(pareto_front(lat, etok, maximise_x=False, maximise_y=False),
                                             dtype="boolean")
     return out
+
+
+def energy_reason(runs: pd.DataFrame) -> str | None:
+    """Why no finished run has energy (None when some do, or none finished)."""
+    done = runs[runs["status"] == "done"]
+    if done.empty or done["energy_j"].notna().any():
+        return None
+    reasons = done["energy_unavailable_reason"].dropna()
+    return str(reasons.iloc[0]) if len(reasons) else "no energy source"
 
 
 def write_summary(summary: pd.DataFrame, study_dir: Path) -> Path:

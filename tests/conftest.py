@@ -79,13 +79,27 @@ execution: {n_cycles: 3, order: interleaved}
 
 
 @pytest.fixture(scope="session")
-def cpu_study(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-configuration x 3-cycle study on the CPU (local runner), run once per session."""
-    root = tmp_path_factory.mktemp("cpu-study")
-    r = llem("run", str(write(root / "study.yaml", CPU_STUDY)), "--runner", "local", "-o", str(root / "out"))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (study_dir,) = (root / "out").iterdir()
-    return study_dir
+def batch_sweep(tiny_model: Path):
+    """The README's first command, exactly as written, run once per session:
+    (the finished process, the study directories it created). Removed afterwards."""
+    import shutil
+
+    results = REPO / "results"
+    before = set(results.iterdir()) if results.exists() else set()
+    p = subprocess.run(["make", "study", "STUDY=batch-sweep.yaml"], cwd=REPO,
+                       capture_output=True, text=True, timeout=1200)
+    new = sorted(set(results.iterdir()) - before) if results.exists() else []
+    yield p, new
+    for d in new:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cpu_study(batch_sweep) -> Path:
+    """A real 4-configuration x 3-cycle study on this machine (the README's batch sweep)."""
+    p, new = batch_sweep
+    assert p.returncode == 0 and len(new) == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    return new[0]
 
 
 def write(path: Path, text: str) -> Path:

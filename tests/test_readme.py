@@ -27,30 +27,23 @@ def test_ci_calls_the_readme_test_command():
 
 
 @pytest.mark.slow
-def test_make_study_batch_sweep(tiny_model):
-    """The README's first command, exactly as written."""
-    results = REPO / "results"
-    before = set(results.iterdir()) if results.exists() else set()
-    p = subprocess.run(["make", "study", "STUDY=batch-sweep.yaml"], cwd=REPO,
-                       capture_output=True, text=True, timeout=900)
-    new = sorted(set(results.iterdir()) - before) if results.exists() else []
-    try:
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-        assert len(new) == 1 and new[0].name.startswith("batch-sweep_")
-        runs = pd.read_parquet(new[0] / "runs.parquet")
-        assert len(runs) == 8 and (runs["status"] == "done").all()
-        assert "summary (mean ± std across cycles)" in p.stdout
-        assert "8 of 8 runs done, 0 failed" in p.stdout
-        tps = runs.groupby("pytorch.batch_size")["output_tokens_per_s"].mean()
-        assert list(tps.index) == [1, 2, 4, 8]
-        assert tps.is_monotonic_increasing and tps[8] > 2 * tps[1], tps.to_dict()
-        # energy where this machine can measure it (RAPL), else null with the reason
-        assert (runs["energy_j"].notna() == runs["energy_source"].notna()).all()
-        assert (runs["energy_j"].notna() | runs["energy_unavailable_reason"].notna()).all()
-        assert (runs["n_passes"] >= 1).all() and (runs["duration_s"] >= 5.0).all()  # min_window_s
-    finally:
-        for d in new:
-            shutil.rmtree(d, ignore_errors=True)
+def test_make_study_batch_sweep(batch_sweep):
+    """The README's first command, exactly as written (run by the `batch_sweep` fixture)."""
+    p, new = batch_sweep
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert len(new) == 1 and new[0].name.startswith("batch-sweep_")
+    runs = pd.read_parquet(new[0] / "runs.parquet")
+    assert len(runs) == 12 and (runs["status"] == "done").all()
+    assert "summary: mean ± 95% CI half-width across cycles" in p.stdout
+    assert "12 of 12 runs done, 0 failed" in p.stdout
+    assert (new[0] / "summary.parquet").exists() and (new[0] / "report.html").exists()
+    tps = runs.groupby("pytorch.batch_size")["output_tokens_per_s"].mean()
+    assert list(tps.index) == [1, 2, 4, 8]
+    assert tps.is_monotonic_increasing and tps[8] > 2 * tps[1], tps.to_dict()
+    # energy where this machine can measure it (RAPL), else null with the reason
+    assert (runs["energy_j"].notna() == runs["energy_source"].notna()).all()
+    assert (runs["energy_j"].notna() | runs["energy_unavailable_reason"].notna()).all()
+    assert (runs["n_passes"] >= 1).all() and (runs["duration_s"] >= 5.0).all()  # min_window_s
 
 
 def test_datasets_list():
@@ -89,3 +82,15 @@ def test_sampler_overhead_benchmark_runs(tiny_model):
     assert p.returncode == 0, p.stderr
     ratio = float(re.search(r"ratio: median ([0-9.]+)", p.stdout).group(1))
     assert 0.2 < ratio < 5 and "one sample costs" in p.stdout
+
+
+def test_readme_cost_settings_are_valid(tmp_path):
+    """The `analysis:` block in the README's cost section is accepted as written."""
+    from orchestrator.study import load_study
+
+    block = re.search(r"### Cost and carbon.*?```yaml\n(.*?)```", README, re.S).group(1)
+    f = tmp_path / "costs.yaml"
+    f.write_text("model: llem/tiny-llama\nsweep:\n  pytorch.batch_size: [1, 2]\n" + block)
+    study = load_study(f)
+    assert study.reference_index == 1
+    assert study.analysis.costs.electricity_price_per_kwh == 0.15 and study.analysis.costs.pue == 1.2
