@@ -23,9 +23,11 @@ from orchestrator.images import image_status
 from orchestrator.display import Progress, console, print_plan, print_summary
 from orchestrator.manifest import Manifest, utc_now
 from orchestrator.plan import PlannedRun, order_runs
+from orchestrator.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, pins, verify_lock, write_bundle
 from orchestrator.preflight import check_study
+from orchestrator.publication import check_energy, check_images, check_pins
 from orchestrator.runners import select_runner
-from orchestrator.study import Study, load_study
+from orchestrator.study import Publication, Study, load_study
 from orchestrator.study_results import StudyResults, open_study
 from orchestrator.summary import energy_reason, write_summary
 from orchestrator.tables import write_runs_table
@@ -80,20 +82,36 @@ def run(
     output: str | Path = "results",
     cycles: int | None = None,
     dry_run: bool = False,
+    publication: bool = False,
+    reproduces: Path | None = None,
 ) -> StudyRun:
-    """Run a study (or a single experiment) file; raises UserError on bad input."""
+    """Run a study (or a single experiment) file; raises UserError on bad input.
+    `publication`: as `execution.publication: true`; `reproduces`: the study
+    directory this run re-runs (recorded in the manifest)."""
     out = console()
     study = load_study(Path(study_file), cycles=cycles)
+    if publication and study.execution.publication is None:
+        study.execution.publication = Publication()
+    pub = study.execution.publication
     user_config, user_config_path = load_user_config()
     costs, cost_sources = merged_costs(study.analysis.costs, user_config.costs, user_config_path)
     notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
     the_runner = select_runner(runner, study, notify)
+    if pub is not None and not dry_run:
+        check_pins(study, the_runner)
     resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)
+    if pub is not None and not dry_run:
+        check_energy(study, resolved)
     runnable = all(r.problem is None for r in resolved.values())
     if not dry_run or runnable:
         the_runner.prepare(study, notify, build=not dry_run)
+    if pub is not None and not dry_run:
+        check_images(study, the_runner)
     ex = study.execution
     plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
+    if study.lock is not None and not dry_run:
+        verify_lock(study, plan, the_runner.name)
+    lock = pins(study, plan, the_runner.name) if pub is not None and not dry_run else None
     images = image_status({e.config.backend for e in study.experiments}) if the_runner.name == "docker" or dry_run else None
     engines = None
     if any(e.config.backend == "tensorrt" for e in study.experiments):
@@ -121,6 +139,12 @@ def run(
     analysis = {"reference_index": study.reference_index, "costs": costs.model_dump(mode="json"),
                 "cost_sources": cost_sources}
     manifest = Manifest.create(study_dir, study, plan, the_runner.name, study.path.name, analysis)
+    if reproduces is not None:
+        manifest.data["reproduces"] = str(reproduces)
+        manifest.save()
+    if lock is not None:
+        write_bundle(study_dir, study, lock)
+        notify(f"publication: {LOCK_FILE}, {ENVIRONMENT_FILE} and {REPRODUCE_FILE} written to {study_dir}")
     result.study_dir = study_dir
     out.print(f"results: {study_dir}")
     progress = Progress(out, len(plan))

@@ -57,14 +57,16 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root; the study directory is created under it.")
 @click.option("--cycles", type=click.IntRange(min=1), default=None, help="Override execution.n_cycles.")
+@click.option("--publication", is_flag=True,
+              help="Refuse to start unless everything is pinned; write study.lock.yaml, environment.json, REPRODUCE.md.")
 @_guard
-def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | None) -> None:
+def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | None, publication: bool) -> None:
     """Run a study or single-experiment YAML FILE."""
     from orchestrator.api import run
 
     if not file.exists() and (Path("studies") / file).exists():
         raise UserError(f"{file}: no such file; did you mean studies/{file}?")
-    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run)
+    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run, publication=publication)
     if result.failed:
         sys.exit(1)
 
@@ -175,6 +177,54 @@ def compare_cmd(dir_a: Path, dir_b: Path, fmt: str) -> None:
     out.print(t)
     for n in notes:
         out.print(f"note: {n}", markup=False)
+
+
+@main.command("reproduce")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results root for the new study directory.")
+@click.option("--runner", type=click.Choice(["auto", "local", "docker"]), default="auto", show_default=True)
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Changes within this fraction of the original mean count as consistent.")
+@_guard
+def reproduce_cmd(study_dir: Path, output: Path, runner: str, tolerance: float) -> None:
+    """Re-run the locked publication study STUDY_DIR and compare it with the original."""
+    from orchestrator.api import run
+    from orchestrator.display import compare_table, console
+    from orchestrator.report import write_report
+    from orchestrator.reproduce import locked_study_file, reproduction, write_reproduction
+    from orchestrator.study_results import open_study
+
+    lock = locked_study_file(study_dir)
+    original = open_study(study_dir)
+    result = run(lock, runner=runner, output=output, reproduces=study_dir.resolve())
+    assert result.study_dir is not None
+    table, diffs = reproduction(original, open_study(result.study_dir), tolerance)
+    write_reproduction(result.study_dir, table)
+    report = write_report(open_study(result.study_dir))
+    from rich.table import Table
+
+    out = console()
+    if diffs:
+        t = Table(title="environment differences (listed first: they explain most differences)",
+                  title_justify="left")
+        for col in ("what", "original", "reproduction"):
+            t.add_column(col, overflow="fold")
+        for d in diffs:
+            t.add_row(*d)
+        out.print(t)
+    headers, rows = compare_table(table)
+    t = Table(title=f"reproduction vs original: consistent = change's 95% CI includes zero or |change| <= "
+                    f"{tolerance:.0%} of the original", title_justify="left")
+    for col in [*headers, "verdict"]:
+        t.add_column(col, overflow="fold")
+    for row, verdict in zip(rows, table["verdict"]):
+        t.add_row(*row, verdict)
+    out.print(t)
+    n_diff = int(table["verdict"].str.startswith("different").sum())
+    out.print(f"{len(table) - n_diff} of {len(table)} comparisons consistent; report: {report}", markup=False)
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command("config")

@@ -169,8 +169,11 @@ SUMMARY_COLUMNS = (
 
 
 def summary_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The summary as text cells: one row per configuration (also the markdown export)."""
-    headers = ["#", "settings", "runs", *(h for h, _ in SUMMARY_COLUMNS), "pareto", "flags"]
+    """The summary as text cells: one row per configuration (also the markdown export).
+    A summary without energy columns (a throughput-only publication) shows none."""
+    energy = "energy_per_output_token_j_mean" in summary
+    columns = [(h, get) for h, get in SUMMARY_COLUMNS if energy or "J/" not in h]
+    headers = ["#", "settings", "runs", *(h for h, _ in columns), *(["pareto"] if energy else []), "flags"]
     rows = []
     for _, r in summary.iterrows():
         pareto = r.get("pareto_throughput_energy")
@@ -178,8 +181,8 @@ def summary_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             str(r["experiment_index"]) + ("*" if r.get("is_reference") else ""),
             str(r["label"]),
             f"{r['runs_done']}/{r['runs_planned']}",
-            *(get(r) for _, get in SUMMARY_COLUMNS),
-            "yes" if pareto is True else ("n/a" if _missing(pareto) else "no"),
+            *(get(r) for _, get in columns),
+            *([("yes" if pareto is True else ("n/a" if _missing(pareto) else "no"))] if energy else []),
             str(r.get("flags") or ""),
         ])
     return headers, rows

@@ -87,7 +87,7 @@ def backend_headline(summary: pd.DataFrame, energy_reason: str | None) -> str:
     (batch size, max_num_seqs, max_batch_size) cannot be matched one to one."""
     ok = summary[summary["runs_done"] > 0]
     metric, noun, what, best = (ENERGY, "lowest energy per output token", "energy per output token", "idxmin")
-    if ok[f"{ENERGY}_mean"].isna().all():
+    if f"{ENERGY}_mean" not in ok or ok[f"{ENERGY}_mean"].isna().all():
         metric, noun, what, best = (THROUGHPUT, "highest output throughput", "output throughput", "idxmax")
     parts = []
     for backend, rows in ok.groupby("backend", sort=False):

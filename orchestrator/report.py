@@ -123,8 +123,7 @@ def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
             "throughput": with_ci(r, THROUGHPUT), "throughput_ratio": ratio_text(r, THROUGHPUT),
             "energy": with_ci(r, ENERGY, 3), "energy_ratio": ratio_text(r, ENERGY),
             "power": with_ci(r, "avg_power_w"), "memory": with_ci(r, "peak_memory_mb", 0),
-            "pareto": bool(r["pareto_throughput_energy"]) if not _missing(r["pareto_throughput_energy"]) else None,
-            "pareto_latency": bool(r["pareto_latency_energy"]) if not _missing(r["pareto_latency_energy"]) else None,
+            "pareto": None if _missing(r.get("pareto_throughput_energy")) else bool(r["pareto_throughput_energy"]),
             "flags": r["flags"],
         })
     return rows
@@ -186,12 +185,47 @@ def _warnings(runs: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
+def _lock_section(results: StudyResults) -> dict[str, Any] | None:
+    from orchestrator.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, load_lock_summary
+
+    lock = load_lock_summary(results.study_dir)
+    if lock is None:
+        return None
+    images = lock.get("images") or {}
+    return {
+        "files": [LOCK_FILE, ENVIRONMENT_FILE, REPRODUCE_FILE],
+        "items": [
+            ("llem", f"{lock.get('tool_version')} at commit {lock.get('tool_commit')}"),
+            ("runner", str(lock.get("runner"))),
+            ("run order", " ".join(lock.get("run_order") or [])),
+            *((f"model {m}", str(r)) for m, r in (lock.get("models") or {}).items()),
+            *((f"dataset {d}", str(h)) for d, h in (lock.get("datasets") or {}).items()),
+            *((f"image {b}", f"{i.get('tag')} id {i.get('id')}") for b, i in images.items()),
+            ("requirements.lock", f"sha256:{lock.get('requirements_lock_sha256')}"),
+        ],
+    }
+
+
+def _reproduction_section(results: StudyResults) -> dict[str, Any] | None:
+    from orchestrator.display import compare_table
+    from orchestrator.reproduce import load_reproduction
+
+    loaded = load_reproduction(results)
+    if loaded is None:
+        return None
+    table, diffs, original = loaded
+    headers, rows = compare_table(table)
+    return {"original": str(original), "diffs": diffs, "headers": [*headers, "verdict"],
+            "rows": [[*row, v] for row, v in zip(rows, table["verdict"])],
+            "tolerance": float(table["tolerance"].iloc[0]) if len(table) else None}
+
+
 def render_report(results: StudyResults, power_runs: list[str] | None = None) -> str:
     runs, summary, m = results.runs, results.summary, results.manifest.data
     keys = swept_keys(m["experiments"])
     keys = [k for k in keys if k in summary]
     no_energy = energy_reason(runs)
-    has_energy = bool(summary[f"{ENERGY}_mean"].notna().any()) if not summary.empty else False
+    has_energy = f"{ENERGY}_mean" in summary and bool(summary[f"{ENERGY}_mean"].notna().any())
     pareto = []
     if has_energy:
         pareto.append({"title": "Throughput against energy per token", "uri": charts.pareto_chart(
@@ -238,6 +272,8 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
                    for _, r in failed.iterrows()],
         "environment": [(title, _distinct(env, col)) for title, col in ENVIRONMENT_COLUMNS],
         "study_file": study_file_text(results),
+        "lock": _lock_section(results),
+        "reproduction": _reproduction_section(results),
         "study_file_name": m.get("study_file"),
     }
     templates = jinja2.Environment(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backends.config import BACKENDS, ExperimentConfig
 from orchestrator.analysis import Analysis, parse_analysis
@@ -23,7 +23,7 @@ from orchestrator.errors import UserError
 from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value
 from orchestrator.validation import format_errors
 
-STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis")
+STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis", "lock")
 MAX_ERRORS_SHOWN = 10
 
 
@@ -38,6 +38,23 @@ class Execution(BaseModel):
     gap_between_runs_s: float = Field(0.0, ge=0)
     gap_between_cycles_s: float = Field(0.0, ge=0)
     run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
+    # publication mode: `true`, or `{energy_required: false}` for throughput/latency-only results
+    publication: Publication | None = None
+
+    @field_validator("publication", mode="before")
+    @classmethod
+    def _publication_flag(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        return None if v is False else v
+
+
+class Publication(BaseModel):
+    """Refuse to start unless everything the results depend on is pinned (see orchestrator/publication.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    energy_required: bool = Field(True, description="false: publish throughput and latency only, no energy columns.")
 
 
 @dataclass
@@ -69,6 +86,7 @@ class Study:
     notes: list[str]
     analysis: Analysis = field(default_factory=Analysis)
     reference_index: int = 1  # the experiment ratios are taken against
+    lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/lock.py)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -212,7 +230,17 @@ def load_study(path: Path, cycles: int | None = None) -> Study:
         notes=notes,
         analysis=analysis,
         reference_index=resolve_reference(analysis.reference, experiments, path),
+        lock=_lock_section(data.get("lock"), path),
     )
+
+
+def _lock_section(raw: Any, path: Path) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "tool_commit" not in raw:
+        raise UserError(f"{path}: lock: written by llem in study.lock.yaml files only; remove it "
+                        "(to re-run a locked study use `llem reproduce DIR` or the lock file as it is)")
+    return raw
 
 
 def _flat_config(config: ExperimentConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pandas as pd
 from orchestrator.analysis import Costs
 from orchestrator.errors import UserError
 from orchestrator.manifest import MANIFEST_FILE, Manifest
-from orchestrator.summary import summarise
+from orchestrator.summary import energy_published, summarise
 from orchestrator.tables import run_rows
 
 
@@ -59,7 +59,7 @@ def open_study(path: Path, reference: int | None = None) -> StudyResults:
             raise UserError(f"--reference: experiment {reference} does not exist; use 1 to {len(experiments)}")
         ref = reference
     runs = pd.DataFrame(run_rows(manifest))
-    summary = summarise(runs, experiments, ref, costs)
+    summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest.data))
     return StudyResults(path, manifest, runs, summary, ref, costs, sources)
 
 

@@ -19,6 +19,7 @@ from orchestrator import stats
 from orchestrator.analysis import Costs
 from orchestrator.costs import add_cost_columns
 from orchestrator.pareto import pareto_front
+from orchestrator.energy_columns import energy_published, is_energy_column  # noqa: F401 (re-exported)
 from orchestrator.tables import flatten
 
 SUMMARY_FILE = "summary.parquet"
@@ -86,15 +87,16 @@ def metric_columns(costs: Costs) -> list[str]:
 
 
 def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_index: int = 1,
-              costs: Costs | None = None) -> pd.DataFrame:
-    """One row per experiment of the manifest (in index order), whether or not any run finished."""
+              costs: Costs | None = None, include_energy: bool = True) -> pd.DataFrame:
+    """One row per experiment of the manifest (in index order), whether or not any run finished.
+    `include_energy=False`: no energy, power, CO2 or Pareto columns at all."""
     runs = runs.copy()
     for col in ("experiment_index", "status"):
         if col not in runs:  # a study with no runs
             runs[col] = pd.Series(dtype=object)
     costs = costs or Costs()
     cost_cols = add_cost_columns(runs, costs)
-    metrics = [m for m, _ in HEADLINE] + cost_cols
+    metrics = [m for m in [m for m, _ in HEADLINE] + cost_cols if include_energy or not is_energy_column(m)]
     done = runs[runs["status"] == "done"]
     def column(idx: int, m: str) -> list[float]:
         if m not in done:  # a table from before the metric existed
@@ -150,6 +152,8 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
             out[k] = pd.array(raw, dtype="Int64")  # stays integer beside backends without it
         elif len(kinds) > 1 and kinds != {int, float} or kinds & {list, dict}:
             out[k] = [None if v is None else str(v) for v in raw]
+    if not include_energy:
+        return out.drop(columns=[c for c in out.columns if is_energy_column(c)])
     tps, etok, lat = (out[f"{m}_mean"].tolist() for m in (THROUGHPUT, ENERGY, LATENCY))
     out["pareto_throughput_energy"] = pd.array(pareto_front(tps, etok, maximise_x=True, maximise_y=False),
                                                dtype="boolean")
@@ -161,6 +165,8 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
 def energy_reason(runs: pd.DataFrame) -> str | None:
     """Why no finished run has energy (None when some do, or none finished)."""
     done = runs[runs["status"] == "done"]
+    if "energy_j" not in runs:
+        return "this publication reports no energy (execution.publication.energy_required: false)"
     if done.empty or done["energy_j"].notna().any():
         return None
     reasons = done["energy_unavailable_reason"].dropna()

@@ -17,6 +17,7 @@ from backends.atomic import write_bytes_atomic
 from backends.contract import SCHEMA_VERSION
 from backends.harness.metrics import Metrics
 from orchestrator.collect import load_result
+from orchestrator.energy_columns import energy_published, is_energy_column
 from orchestrator.manifest import Manifest
 
 RUNS_FILE = "runs.parquet"
@@ -84,6 +85,8 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
             )
         row["run_dir"] = run["run_dir"]
         rows.append(row)
+    if not energy_published(manifest.data):
+        rows = [{k: v for k, v in r.items() if not is_energy_column(k)} for r in rows]
     return rows
 
 
