@@ -20,12 +20,18 @@ ENV_IMAGE_BASE = "LLEM_IMAGE_BASE"  # the base image it was built from
 ENV_BASELINE = "LLEM_BASELINE_JSON"  # an idle baseline from an earlier run of the study
 ENV_TRT_ENGINE_DIR = "LLEM_TRT_ENGINE_DIR"  # prebuilt TensorRT-LLM engine a run loads
 ENV_TRT_ENGINE_OUT = "LLEM_TRT_ENGINE_OUT"  # where an engine build writes its files
+ENV_PARENT_PID = "LLEM_PARENT_PID"  # the local runner's pid: a run outliving it stops itself
+ENV_TEST_FAULT = "LLEM_TEST_FAULT"  # TEST HOOK only (backends/harness/faults.py); never set by llem
+
+# Secrets: passed to runs through the environment only, never written anywhere.
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 # Outputs of a run (inside its run directory).
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 TIMESERIES_FILE = "timeseries.parquet"
 LOG_FILE = "run.log"
+HEARTBEAT_FILE = "heartbeat"  # touched as the run makes progress (the host's no-progress watchdog reads it)
 
 # Exit codes of `python -m backends`.
 EXIT_OK = 0

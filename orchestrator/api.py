@@ -1,28 +1,37 @@
 """`run()`: the one code path behind `llem run` and `llenergymeasure.run()`.
 
-study file -> validated experiments -> preflight -> run plan -> one run per
-(experiment, cycle) through a runner -> manifest + runs.parquet -> summary.
-Nothing is created on disk until the whole study has validated.
+study file -> validated experiments -> preflight -> run plan -> device locks ->
+one run per (experiment, cycle) through a runner (orchestrator/execute.py) ->
+manifest + runs.parquet -> summary. Nothing is created on disk until the whole
+study has validated and its devices are free. `resume=DIR` continues a study
+(orchestrator/resume.py) through the same path.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.baselines import BaselineCache
-from orchestrator.engines import gpu_for, plan_engines, trtllm_version
-from orchestrator.images import image_status
+from orchestrator import resume as resuming
 from orchestrator.display import Progress, console, print_plan, print_summary
-from orchestrator.manifest import Manifest, utc_now
+from orchestrator.engines import gpu_for, plan_engines, trtllm_version
+from orchestrator.errors import UserError
+from orchestrator.execute import Policy, resume_hint, run_plan
+from orchestrator.images import image_status
+from orchestrator.locks import DeviceLocks, FileLock, device_keys, lock_study_dir
+from orchestrator.manifest import Manifest
 from orchestrator.plan import PlannedRun, order_runs
-from orchestrator.preflight import check_study
-from orchestrator.runners import select_runner
+from orchestrator.preflight import Resolved, check_study
+from orchestrator.runners import Runner, select_runner
+from orchestrator.signals import sigterm_interrupts
+from orchestrator.size import confirm_run_count
 from orchestrator.study import Study, load_study
 from orchestrator.tables import summarise, write_runs_table
 
@@ -36,11 +45,14 @@ class StudyRun:
     study_dir: Path | None = None
     runs: pd.DataFrame | None = None
     summary: pd.DataFrame | None = None
-    failed: list[str] = field(default_factory=list)  # run ids
+    failed: list[str] = field(default_factory=list)  # run ids that failed in this session
+    stopped: str | None = None  # why the study stopped before the end of its plan (resumable)
+    unfinished: list[str] = field(default_factory=list)  # run ids not done when run() returned
 
     @property
     def ok(self) -> bool:
-        return self.study_dir is not None and not self.failed
+        """Every run of the study is done."""
+        return self.study_dir is not None and not self.unfinished
 
 
 def _new_study_dir(root: Path, name: str) -> Path:
@@ -63,25 +75,68 @@ def _energy_note(runs: pd.DataFrame) -> str | None:
     return str(done["energy_unavailable_reason"].dropna().iloc[0])
 
 
+def _devices(study: Study, runner: Runner, resolved: dict[int, Resolved]) -> list[str]:
+    """The devices the study's runs measure on, as lock names (orchestrator/locks.py)."""
+    keys: set[str] = set()
+    for e in study.experiments:
+        uuids = runner.gpu_uuids(e.config) if hasattr(runner, "gpu_uuids") else []
+        keys.update(device_keys(uuids, resolved[e.index].device))
+    return sorted(keys)
+
+
+def _open_resume(resume: Path, study_file: Path | None, runner: str | None, cycles: int | None,
+                 ) -> tuple[Manifest, Study, str]:
+    manifest = resuming.open_study_dir(resume)
+    if cycles is not None:
+        raise UserError("--cycles: cannot change the number of cycles of a study being resumed "
+                        f"(it has {manifest.data['execution']['n_cycles']}); start a new study instead")
+    recorded = manifest.data["runner"]
+    if runner not in (None, "auto", recorded):
+        raise UserError(f"--runner: the study ran with the {recorded} runner; resuming with {runner} would "
+                        f"mix runners in one study. Resume with --runner {recorded}, or start a new study")
+    path = study_file or resuming.study_file_of(manifest)
+    study = load_study(path, cycles=manifest.data.get("cycles_override"))
+    return manifest, study, recorded
+
+
 def run(
-    study_file: str | Path,
+    study_file: str | Path | None = None,
     *,
-    runner: str = "auto",
+    runner: str | None = None,
     output: str | Path = "results",
     cycles: int | None = None,
     dry_run: bool = False,
+    resume: str | Path | None = None,
+    retry_failed: bool = False,
+    fail_fast: bool = False,
+    yes: bool = False,
+    wait: bool = False,
+    confirm: Callable[[str], bool] | None = None,
 ) -> StudyRun:
-    """Run a study (or a single experiment) file; raises UserError on bad input."""
+    """Run a study (or a single experiment) file, or continue one (`resume=DIR`).
+
+    Raises UserError on bad input (the CLI exits 2), Failure when the study had to
+    stop (runner lost, disk full: exit 1), KeyboardInterrupt on Ctrl-C / SIGTERM.
+    `confirm(question)` is asked before a very large study unless `yes`."""
     out = console()
-    study = load_study(Path(study_file), cycles=cycles)
     notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
-    the_runner = select_runner(runner, study, notify)
+    manifest: Manifest | None = None
+    if resume is not None:
+        manifest, study, runner = _open_resume(Path(resume), Path(study_file) if study_file else None,
+                                               runner, cycles)
+    elif study_file is None:
+        raise UserError("run: give a study FILE, or --resume DIR to continue a study")
+    else:
+        study = load_study(Path(study_file), cycles=cycles)
+    the_runner = select_runner(runner or "auto", study, notify)
     resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)
     runnable = all(r.problem is None for r in resolved.values())
     if not dry_run or runnable:
         the_runner.prepare(study, notify, build=not dry_run)
     ex = study.execution
     plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
+    if manifest is not None:
+        resuming.check_plan(manifest, study, plan)
     images = image_status({e.config.backend for e in study.experiments}) if the_runner.name == "docker" or dry_run else None
     engines = None
     if any(e.config.backend == "tensorrt" for e in study.experiments):
@@ -92,61 +147,97 @@ def run(
     print_plan(out, study, plan, resolved, the_runner.describe(), images=images, engines=engines)
     result = StudyRun(study=study, plan=plan)
     if dry_run:
-        problems: dict[str, list[int]] = {}
-        for i, r in resolved.items():
-            if r.problem:
-                problems.setdefault(r.problem, []).append(i)
-        for problem, indices in problems.items():
-            which = "experiment " + ", ".join(map(str, indices)) if len(indices) < len(resolved) else "every experiment"
-            out.print(f"not runnable here ({which}): {problem}", markup=False)
-        n_bad = sum(len(v) for v in problems.values())
-        out.print("dry run: nothing was run" + (f" ({n_bad} experiment(s) could not run on this "
-                  "machine as it is)" if n_bad else ""))
+        _report_dry_run(out, resolved, manifest, retry_failed)
         return result
+    if manifest is None:
+        confirm_run_count(len(plan), len(study.experiments), ex.n_cycles, yes, confirm)
 
-    study_dir = _new_study_dir(Path(output), study.name)
-    shutil.copyfile(study.path, study_dir / study.path.name)  # the study file as given
-    manifest = Manifest.create(study_dir, study, plan, the_runner.name, study.path.name)
-    result.study_dir = study_dir
-    out.print(f"results: {study_dir}")
-    progress = Progress(out, len(plan))
-    baselines = BaselineCache()
-    current: PlannedRun | None = None
-    try:
-        previous: PlannedRun | None = None
-        for planned in plan:
-            if previous is not None:
-                gap = ex.gap_between_cycles_s if planned.cycle != previous.cycle else ex.gap_between_runs_s
-                time.sleep(gap)
-            exp = study.experiments[planned.experiment_index - 1]
-            current = planned
-            manifest.update(planned.run_id, "running", started_at=utc_now())
-            progress.start(planned, exp.label)
-            t0 = time.monotonic()
-            outcome = the_runner.execute(
-                exp.config, study_dir / "runs" / planned.run_id, ex.run_timeout_s,
-                on_tick=progress.tick, extra_env=baselines.env_for(exp.config),
-            )
-            baselines.remember(outcome)
-            manifest.update(
-                planned.run_id, outcome.state, finished_at=utc_now(),
-                exit_code=outcome.exit_code, error=outcome.error,
-            )
-            current = None
-            progress.end(outcome, time.monotonic() - t0)
-            if outcome.state == "failed":
-                result.failed.append(planned.run_id)
-            previous = planned
-    except KeyboardInterrupt:
-        if current is not None:
-            manifest.update(current.run_id, "failed", finished_at=utc_now(), error="interrupted (Ctrl-C)")
-        raise
-    finally:
-        write_runs_table(manifest)
+    holder = str(resume) if resume is not None else f"study '{study.name}' (results under {Path(output).resolve()})"
+    devices = DeviceLocks(_devices(study, the_runner, resolved), holder)
+    study_lock: FileLock | None = None
+    with sigterm_interrupts():
+        devices.acquire(wait=wait, notify=notify)
+        try:
+            if manifest is None:
+                study_dir = _new_study_dir(Path(output), study.name)
+                study_lock = lock_study_dir(study_dir)
+                shutil.copyfile(study.path, study_dir / study.path.name)  # the study file as given
+                manifest = Manifest.create(study_dir, study, plan, the_runner.name, study.path.name,
+                                           cycles_override=cycles)
+                todo = plan
+            else:
+                study_lock = lock_study_dir(manifest.study_dir)
+                todo = _prepare_resume(out, manifest, plan, retry_failed)
+            manifest.begin_session(command="resume" if resume is not None else "run", pid=os.getpid(),
+                                   host=platform.node(), devices=devices.devices,
+                                   retry_failed=retry_failed, fail_fast=fail_fast)
+            result.study_dir = manifest.study_dir
+            out.print(f"results: {manifest.study_dir}")
+            policy = Policy(fail_fast=fail_fast, max_consecutive_failures=ex.max_consecutive_failures)
+            try:
+                loop = run_plan(manifest, study, todo, the_runner, Progress(out, len(todo)), policy)
+            except KeyboardInterrupt:
+                out.print(f"to continue this study: {resume_hint(manifest)}", markup=False)
+                raise
+            finally:
+                _write_tables(manifest, notify)
+        finally:
+            if study_lock is not None:
+                study_lock.release()
+            devices.release()
 
-    result.runs = pd.read_parquet(study_dir / "runs.parquet")
+    result.failed, result.stopped = loop.failed, loop.stopped
+    result.unfinished = [r["run_id"] for r in manifest.data["runs"] if r["state"] != "done"]
+    result.runs = pd.read_parquet(manifest.study_dir / "runs.parquet")
     result.summary = summarise(result.runs)
     print_summary(out, result.summary, _energy_note(result.runs))
     counts = manifest.counts()
-    out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed: {study_dir}")
+    out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed"
+              + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+              + (f", {counts['pending']} pending" if counts["pending"] else "")
+              + f": {manifest.study_dir}")
+    if loop.stopped:
+        out.print(f"{loop.stopped}. Fix the cause, then continue: {resume_hint(manifest)}"
+                  + (" (add --retry-failed to run the failed ones again)" if counts["failed"] else ""),
+                  markup=False)
     return result
+
+
+def _prepare_resume(out, manifest: Manifest, plan: list[PlannedRun], retry_failed: bool) -> list[PlannedRun]:
+    killed = resuming.kill_leftovers(manifest.study_dir)
+    if killed:
+        out.print(f"stopped {len(killed)} leftover run process(es) of this study: {killed}", markup=False)
+    for note in resuming.reconcile(manifest):
+        out.print(f"resume: {note}", markup=False)
+    again, kept = resuming.to_rerun(manifest, retry_failed)
+    if kept:
+        out.print(f"resume: {len(kept)} failed run(s) kept as they are ({', '.join(kept)}); "
+                  "--retry-failed runs them again", markup=False)
+    done = manifest.counts()["done"]
+    out.print(f"resume: {done} run(s) already done and kept; {len(again)} to run", markup=False)
+    wanted = set(again)
+    return [p for p in plan if p.run_id in wanted]
+
+
+def _report_dry_run(out, resolved: dict[int, Resolved], manifest: Manifest | None, retry_failed: bool) -> None:
+    problems: dict[str, list[int]] = {}
+    for i, r in resolved.items():
+        if r.problem:
+            problems.setdefault(r.problem, []).append(i)
+    for problem, indices in problems.items():
+        which = "experiment " + ", ".join(map(str, indices)) if len(indices) < len(resolved) else "every experiment"
+        out.print(f"not runnable here ({which}): {problem}", markup=False)
+    if manifest is not None:
+        again, kept = resuming.to_rerun(manifest, retry_failed)
+        out.print(f"resume would run: {' '.join(again) or 'nothing'}"
+                  + (f"; failed and kept: {' '.join(kept)}" if kept else ""), markup=False)
+    n_bad = sum(len(v) for v in problems.values())
+    out.print("dry run: nothing was run" + (f" ({n_bad} experiment(s) could not run on this "
+              "machine as it is)" if n_bad else ""))
+
+
+def _write_tables(manifest: Manifest, notify: Callable[[str], None]) -> None:
+    try:
+        write_runs_table(manifest)
+    except OSError as e:  # disk full: the manifest is the record; runs.parquet is rebuilt on resume
+        notify(f"runs.parquet not updated ({e.strerror or e}); it is rebuilt when the study resumes")

@@ -17,9 +17,12 @@ SHARED_AIENERGYSCORE = REPO.parent / "shared" / "datasets" / "aienergyscore-text
 @pytest.fixture(scope="session", autouse=True)
 def llem_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("llem")
-    dirs = {"cache": root / "cache", "data": root / "data"}
+    dirs = {"cache": root / "cache", "data": root / "data", "locks": root / "locks"}
     os.environ["LLEM_CACHE_DIR"] = str(dirs["cache"])
     os.environ["LLEM_DATA_DIR"] = str(dirs["data"])
+    # device locks private to this session: a suite running beside another (or beside a
+    # real study on this machine) must neither block it nor be blocked
+    os.environ["LLEM_LOCK_DIR"] = str(dirs["locks"])
     return dirs
 
 
