@@ -84,9 +84,8 @@ def _devices(study: Study, runner: Runner, resolved: dict[int, Resolved]) -> lis
     return sorted(keys)
 
 
-def _open_resume(resume: Path, study_file: Path | None, runner: str | None, cycles: int | None,
-                 ) -> tuple[Manifest, Study, str]:
-    manifest = resuming.open_study_dir(resume)
+def _open_resume(manifest: Manifest, study_file: Path | None, runner: str | None, cycles: int | None,
+                 ) -> tuple[Study, str]:
     if cycles is not None:
         raise UserError("--cycles: cannot change the number of cycles of a study being resumed "
                         f"(it has {manifest.data['execution']['n_cycles']}); start a new study instead")
@@ -96,7 +95,7 @@ def _open_resume(resume: Path, study_file: Path | None, runner: str | None, cycl
                         f"mix runners in one study. Resume with --runner {recorded}, or start a new study")
     path = study_file or resuming.study_file_of(manifest)
     study = load_study(path, cycles=manifest.data.get("cycles_override"))
-    return manifest, study, recorded
+    return study, recorded
 
 
 def run(
@@ -118,16 +117,35 @@ def run(
     Raises UserError on bad input (the CLI exits 2), Failure when the study had to
     stop (runner lost, disk full: exit 1), KeyboardInterrupt on Ctrl-C / SIGTERM.
     `confirm(question)` is asked before a very large study unless `yes`."""
+    args = dict(runner=runner, output=output, cycles=cycles, dry_run=dry_run, retry_failed=retry_failed,
+                fail_fast=fail_fast, yes=yes, wait=wait, confirm=confirm)
+    if resume is None:
+        if study_file is None:
+            raise UserError("run: give a study FILE, or --resume DIR to continue a study")
+        return _run(Path(study_file), None, None, **args)
+    manifest = resuming.open_study_dir(Path(resume))
+    # First, before any work: a study another llem is working on is refused at once.
+    study_lock = None if dry_run else lock_study_dir(manifest.study_dir)
+    try:
+        return _run(Path(study_file) if study_file else None, manifest, study_lock, **args)
+    finally:
+        if study_lock is not None:
+            study_lock.release()
+
+
+def _run(
+    study_file: Path | None, manifest: Manifest | None, study_lock: FileLock | None, *,
+    runner: str | None, output: str | Path, cycles: int | None, dry_run: bool, retry_failed: bool,
+    fail_fast: bool, yes: bool, wait: bool, confirm: Callable[[str], bool] | None,
+) -> StudyRun:
     out = console()
-    notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
-    manifest: Manifest | None = None
-    if resume is not None:
-        manifest, study, runner = _open_resume(Path(resume), Path(study_file) if study_file else None,
-                                               runner, cycles)
-    elif study_file is None:
-        raise UserError("run: give a study FILE, or --resume DIR to continue a study")
+    notify = lambda msg: out.print(msg, markup=False, soft_wrap=True)  # noqa: E731
+    resume = manifest.study_dir if manifest is not None else None
+    if manifest is not None:
+        study, runner = _open_resume(manifest, study_file, runner, cycles)
     else:
-        study = load_study(Path(study_file), cycles=cycles)
+        assert study_file is not None
+        study = load_study(study_file, cycles=cycles)
     the_runner = select_runner(runner or "auto", study, notify)
     resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)
     runnable = all(r.problem is None for r in resolved.values())
@@ -154,7 +172,6 @@ def run(
 
     holder = str(resume) if resume is not None else f"study '{study.name}' (results under {Path(output).resolve()})"
     devices = DeviceLocks(_devices(study, the_runner, resolved), holder)
-    study_lock: FileLock | None = None
     with sigterm_interrupts():
         devices.acquire(wait=wait, notify=notify)
         try:
@@ -166,7 +183,6 @@ def run(
                                            cycles_override=cycles)
                 todo = plan
             else:
-                study_lock = lock_study_dir(manifest.study_dir)
                 todo = _prepare_resume(out, manifest, plan, retry_failed)
             manifest.begin_session(command="resume" if resume is not None else "run", pid=os.getpid(),
                                    host=platform.node(), devices=devices.devices,
@@ -177,13 +193,13 @@ def run(
             try:
                 loop = run_plan(manifest, study, todo, the_runner, Progress(out, len(todo)), policy)
             except KeyboardInterrupt:
-                out.print(f"to continue this study: {resume_hint(manifest)}", markup=False)
+                out.print(f"to continue this study: {resume_hint(manifest)}", markup=False, soft_wrap=True)
                 raise
             finally:
                 _write_tables(manifest, notify)
         finally:
-            if study_lock is not None:
-                study_lock.release()
+            if study_lock is not None and resume is None:
+                study_lock.release()  # (a resumed study's lock is released by run())
             devices.release()
 
     result.failed, result.stopped = loop.failed, loop.stopped
@@ -199,7 +215,7 @@ def run(
     if loop.stopped:
         out.print(f"{loop.stopped}. Fix the cause, then continue: {resume_hint(manifest)}"
                   + (" (add --retry-failed to run the failed ones again)" if counts["failed"] else ""),
-                  markup=False)
+                  markup=False, soft_wrap=True)
     return result
 
 

@@ -103,3 +103,19 @@ def docker_image(tiny_model: Path) -> str:
     from orchestrator.images import IMAGES, image_tag
 
     return image_tag(IMAGES["pytorch"], LOCAL_BASE, docker.from_env())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """The fault-injection suite's totals (tests/faultkit.py), when it ran."""
+    import sys as _sys
+
+    kit = _sys.modules.get("tests.faultkit")
+    if kit is None or not kit.TALLY:
+        return
+    t = kit.TALLY
+    terminalreporter.section("fault injection")
+    terminalreporter.write_line(
+        f"{t['faults']} faults injected; {t['runs']} run checks over {t['studies']} study checks "
+        "(finished runs unchanged, manifest consistent, no orphans, no secret in any file)")
+    for key in sorted(k for k in t if k.startswith("fault: ")):
+        terminalreporter.write_line(f"  {key[7:]}: {t[key]}")
