@@ -9,6 +9,7 @@ SCHEMA_VERSION = 1
 # Inputs to a run (environment variables set by the runner).
 ENV_EXPERIMENT = "LLEM_EXPERIMENT_JSON"  # the experiment config, canonical JSON
 ENV_RUN_DIR = "LLEM_RUN_DIR"  # where the run writes its files
+ENV_RUN_ID = "LLEM_RUN_ID"  # the run's id in its study (e.g. e02-c1); the run dir's name on the host
 ENV_CACHE_DIR = "LLEM_CACHE_DIR"  # built-in models (default ~/.cache/llenergymeasure)
 ENV_DATA_DIR = "LLEM_DATA_DIR"  # fetched datasets (default <cache>/datasets)
 ENV_TOOL_COMMIT = "LLEM_TOOL_COMMIT"  # git commit of the tool, when the run can't see .git

@@ -57,10 +57,24 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 def start(*args: str, environ: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=environ or env())
+    STARTED.append(proc)
+    return proc
+
+
+def reap() -> None:
+    """After each fault test: no `llem` it started may outlive it, even when it failed."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:

@@ -127,9 +127,10 @@ execution: {n_cycles: 1, order: sequential}
     study_dir = manifest_path.parent
     assert (study_dir / "runs/e01-c1/result.json").exists()
     assert list(pd.read_parquet(study_dir / "runs.parquet")["status"]) == ["done", "failed", "pending"]
-    # the interrupted run's process got SIGTERM and said so
+    # the interrupted run's process got SIGTERM and said so; error.json says why it was stopped
     err = json.loads((study_dir / "runs/e02-c1/error.json").read_text())
-    assert err["error_type"] == "Terminated"
+    assert err["error_type"] == "Interrupted" and err["kind"] == "interrupted"
+    assert err["cause"] == "Terminated: terminated by signal SIGTERM" and "Terminated" in err["traceback"]
 
 
 @pytest.mark.slow

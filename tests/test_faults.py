@@ -20,6 +20,12 @@ from tests.conftest import REPO, write
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _reap_llem_processes():
+    yield
+    fk.reap()
+
+
 def study_file(tmp_path: Path, body: str, name: str = "faults") -> Path:
     return write(tmp_path / f"{name}.yaml", fk.TINY + body)
 
@@ -290,9 +296,9 @@ def test_two_studies_racing_for_the_same_device(tmp_path, tiny_model):
     fk.check_study(next(winner_out.iterdir()))
 
     # --wait: queued behind the first, measured after it
-    hooked = fk.env(LLEM_TEST_FAULT="*:sleep=3")  # holds the device while the second starts up
-    first = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "w1"), environ=hooked)
-    fk.wait_hooked(fk.the_study(tmp_path / "w1"), "e01-c1")
+    first = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "w1"))
+    w1 = fk.the_study(tmp_path / "w1")
+    fk.wait_for("the first study's run to start", lambda: fk.states(w1)["e01-c1"] == "running")
     second = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "w2"), "--wait")
     fk.fault("second study queued with --wait")
     (c1, _), (c2, t2) = fk.finish(first), fk.finish(second)

@@ -102,7 +102,8 @@ def test_run_count_needs_confirmation_above_the_threshold():
 def test_fault_hook_grammar(monkeypatch, tmp_path):
     from backends.harness import faults
 
-    monkeypatch.setenv("LLEM_RUN_DIR", str(tmp_path / "runs" / "e02-c1"))
+    monkeypatch.setenv("LLEM_RUN_DIR", "/llem/run")  # as in a container: the id comes from LLEM_RUN_ID
+    monkeypatch.setenv("LLEM_RUN_ID", "e02-c1")
     monkeypatch.setenv(faults.ENV, "e01-c1:kill,e02-c1:sleep=0@load,*:crash@load,e02-c1:busy=0")
     assert faults._mine("load") == [("sleep", "0"), ("crash", None)]
     assert faults._mine("start") == [("busy", "0")]

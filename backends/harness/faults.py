@@ -34,7 +34,8 @@ class InjectedFault(RuntimeError):
 
 def _mine(phase: str) -> list[tuple[str, str | None]]:
     spec = os.environ.get(ENV, "")
-    run_id = os.path.basename(os.path.normpath(os.environ.get("LLEM_RUN_DIR", ".")))
+    # LLEM_RUN_ID: inside a container the run directory is always /llem/run
+    run_id = os.environ.get("LLEM_RUN_ID") or os.path.basename(os.path.normpath(os.environ.get("LLEM_RUN_DIR", ".")))
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         target, _, rest = item.partition(":")

@@ -345,6 +345,7 @@ class DockerRunner:
         self._remove_if_present(name)  # a leftover from an interrupted attempt
         spec = container_spec(config, run_dir, image, assignment, name, labels)
         spec["environment"].update(extra_env or {})
+        spec["environment"][contract.ENV_RUN_ID] = run_dir.name
         if os.environ.get(contract.ENV_TEST_FAULT):  # TEST HOOK (backends/harness/faults.py)
             spec["environment"][contract.ENV_TEST_FAULT] = os.environ[contract.ENV_TEST_FAULT]
         if engine is not None:

@@ -115,6 +115,7 @@ class LocalRunner:
         env = dict(os.environ)  # secrets such as HF_TOKEN reach the run via env only
         env[contract.ENV_EXPERIMENT] = config.canonical_json()
         env[contract.ENV_RUN_DIR] = str(run_dir.resolve())
+        env[contract.ENV_RUN_ID] = run_dir.name
         env[contract.ENV_PARENT_PID] = str(os.getpid())  # the run stops itself if we die
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra_env or {})
