@@ -34,6 +34,10 @@ BAD_STUDIES = {
     "missing-dataset": (TINY + "dataset: aienergyscore\n", "llem datasets fetch aienergyscore"),
     "missing-model": (TINY.replace("llem/tiny-llama", "nobody/nothing"), "hf download nobody/nothing"),
     "bad-yaml": ("model: [unclosed\n", "not valid YAML"),
+    "too-many-runs": (TINY + "sweep: {pytorch.batch_size: [1, 2]}\nexecution: {n_cycles: 251}\n",
+                      "this study expands to 502 runs (2 experiments x 251 cycles), more than 500; pass --yes"),
+    "empty-file": ("\n", "is empty"),
+    "duplicate-key": (TINY + "n_prompts: 8\n", "key 'n_prompts' appears twice"),
 }
 
 

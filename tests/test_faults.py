@@ -89,12 +89,15 @@ execution: {n_cycles: 1, order: sequential}
     assert code == 0 and "0 to run" in text and fk.checksums(study) == before
 
 
-def test_timeout_and_watchdog_stop_hung_runs_then_resume_completes(tmp_path, tiny_model):
+def test_timeout_watchdog_pause_and_fail_fast_then_resume_completes(tmp_path, tiny_model):
     """A run that keeps printing but never finishes hits run_timeout_s; one that goes
-    silent and ignores SIGTERM is stopped by the watchdog and SIGKILLed."""
+    silent and ignores SIGTERM is stopped by the watchdog and SIGKILLed; two failures
+    in a row pause the study; --fail-fast stops a resume at its first failure; a
+    resume with relaxed limits completes the study."""
     f = study_file(tmp_path, """
-sweep: {pytorch.batch_size: [1, 2]}
-execution: {n_cycles: 1, order: sequential, run_timeout_s: 4, stall_timeout_s: 2, stop_grace_s: 1}
+sweep: {pytorch.batch_size: [1, 2, 3]}
+execution: {n_cycles: 1, order: sequential, run_timeout_s: 4, stall_timeout_s: 2, stop_grace_s: 1,
+            max_consecutive_failures: 2}
 """)
     out = tmp_path / "out"
     t0 = time.monotonic()
@@ -105,19 +108,32 @@ execution: {n_cycles: 1, order: sequential, run_timeout_s: 4, stall_timeout_s: 2
     assert code == 1, text[-3000:]
     assert time.monotonic() - t0 < 60  # neither run was waited out
     (study,) = out.iterdir()
-    assert fk.check_study(study) == {"e01-c1": "failed", "e02-c1": "failed"}
+    assert fk.check_study(study) == {"e01-c1": "failed", "e02-c1": "failed", "e03-c1": "skipped"}
     timed_out, hung = fk.run_of(study, "e01-c1"), fk.run_of(study, "e02-c1")
     assert timed_out["failure_kind"] == "timeout" and timed_out["error"].startswith("timed out after 4 s")
     assert hung["failure_kind"] == "stalled" and "no output or heartbeat for 2 s" in hung["error"]
     assert hung["exit_code"] == -signal.SIGKILL  # SIGTERM was ignored: escalated
     assert json.loads((study / "runs/e02-c1/error.json").read_text())["error_type"] == "Stalled"
+    assert "study paused: 2 runs failed in a row" in text and f"continue: llem run --resume {study}" in text
+    assert fk.run_of(study, "e03-c1")["error"].startswith("not run: the study paused")
+    assert fk.manifest(study)["status"] == "paused"
 
     # settings that don't change the plan may change on resume: real runs need more time
     relaxed = write(tmp_path / "relaxed.yaml", f.read_text().replace(
         "run_timeout_s: 4, stall_timeout_s: 2", "run_timeout_s: 300, stall_timeout_s: 120"))
+    code, text = fk.llem_run("run", str(relaxed), "--resume", str(study), "--retry-failed", "--fail-fast",
+                             environ=fk.env(LLEM_TEST_FAULT="e01-c1:exit=3"))
+    fk.fault("run exits 3 without error.json, under --fail-fast")
+    assert code == 1, text[-3000:]
+    assert fk.check_study(study) == {"e01-c1": "failed", "e02-c1": "skipped", "e03-c1": "skipped"}
+    assert fk.run_of(study, "e01-c1")["error"].startswith("exit code 3")
+    assert fk.run_of(study, "e02-c1")["error"] == "not run: the study stopped (--fail-fast: run e01-c1 failed)"
+
     code, text = fk.llem_run("run", str(relaxed), "--resume", str(study), "--retry-failed")
     assert code == 0, text[-3000:]
     assert set(fk.check_study(study).values()) == {"done"}
+    kinds = [a["failure_kind"] for a in fk.run_of(study, "e01-c1")["attempts"]]
+    assert kinds == ["timeout", "crashed"]
 
 
 def test_orchestrator_sigint_sigterm_sigkill_then_resume(tmp_path, tiny_model):
