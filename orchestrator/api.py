@@ -184,9 +184,11 @@ def _run(
                 todo = plan
             else:
                 todo = _prepare_resume(out, manifest, plan, retry_failed)
+            # what this session ran with: on resume, timeouts and gaps may differ from the first
             manifest.begin_session(command="resume" if resume is not None else "run", pid=os.getpid(),
-                                   host=platform.node(), devices=devices.devices,
-                                   retry_failed=retry_failed, fail_fast=fail_fast)
+                                   host=platform.node(), devices=devices.devices, study_file=str(study.path),
+                                   execution=ex.model_dump(mode="json"), retry_failed=retry_failed,
+                                   fail_fast=fail_fast)
             result.study_dir = manifest.study_dir
             out.print(f"results: {manifest.study_dir}")
             policy = Policy(fail_fast=fail_fast, max_consecutive_failures=ex.max_consecutive_failures)

@@ -135,6 +135,8 @@ def run_plan(
             pass  # can't record it (disk full?): resume finds the run `running` and knows
         raise
     except OSError as e:
+        if e.errno is None:  # not a file-system error (e.g. an HTTP client's): not ours to explain
+            raise
         # Writing the study's own files failed (typically ENOSPC). The manifest on disk
         # is still the last complete one (atomic writes), so resume works once fixed.
         what = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror or str(e)

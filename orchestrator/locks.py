@@ -64,25 +64,40 @@ class FileLock:
     def __init__(self, path: Path, info: dict[str, Any]) -> None:
         self.path, self.info, self.fd = path, info, None
 
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+    def _open(self) -> int:
         try:
-            os.fchmod(fd, 0o666)  # others must be able to open it to wait on it
-        except OSError:
-            pass
+            # Opened without O_CREAT when it exists: Linux's fs.protected_regular refuses
+            # O_CREAT on another user's file in a sticky shared directory such as /tmp.
+            return os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                os.fchmod(fd, 0o666)  # others must be able to open it to wait on it
+            except OSError:
+                pass
+            return fd
+
+    def try_acquire(self) -> bool:
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(self.info).encode(), 0)
+        try:  # who holds it, for the next comer's message; best effort (the disk may be full)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(self.info).encode(), 0)
+        except OSError:
+            pass
         self.fd = fd
         return True
 
     def release(self) -> None:
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -10,6 +10,7 @@ happens; containers whose orchestrator died are reaped at the next start.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import threading
@@ -314,7 +315,10 @@ class DockerRunner:
         except Exception as e:  # noqa: BLE001 - the SDK raises requests/urllib3/docker errors alike
             if _engine_lost(self.client):
                 raise RunnerLost(f"the Docker engine became unreachable ({type(e).__name__}: {e})") from None
-            raise
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # our own files (e.g. disk full): the study loop stops the study
+            # the engine is there but failed this container: a failure of this run only
+            return None, Stop(failures.CRASHED, f"Docker failed the run's container ({type(e).__name__}: {e})")
 
     def _container_lifecycle(
         self,
@@ -383,13 +387,13 @@ class DockerRunner:
                     on_tick(time.monotonic() - guard.t0)
                 stop = guard.check()
                 if stop is not None:
-                    container.stop(timeout=stop_grace_s)
+                    container.stop(timeout=math.ceil(stop_grace_s))  # the API takes whole seconds
                     container.reload()
                     return container.attrs["State"].get("ExitCode"), stop
                 time.sleep(0.25)
         except BaseException:
             try:
-                container.stop(timeout=stop_grace_s)  # SIGTERM: the harness writes error.json
+                container.stop(timeout=math.ceil(stop_grace_s))  # SIGTERM: the harness writes error.json
             except Exception:  # noqa: BLE001 - engine gone: keep the original error
                 pass
             raise
