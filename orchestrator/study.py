@@ -93,7 +93,7 @@ class Study:
     notes: list[str]
     analysis: Analysis = field(default_factory=Analysis)
     reference_index: int = 1  # the experiment ratios are taken against
-    lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/lock.py)
+    lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/publication_lock.py)
 
 
 class _StrictLoader(yaml.SafeLoader):
