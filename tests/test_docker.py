@@ -59,6 +59,7 @@ def test_container_spec_is_locked_down(tmp_path, monkeypatch, tiny_model):
         GpuAssignment("cuda:0", ["GPU-bbb"]), "llem-s-e01-c1", {"k": "v"},
     )
     assert spec["network_mode"] == "none" and spec["privileged"] is False
+    assert spec["cap_drop"] == ["ALL"] and spec["security_opt"] == ["no-new-privileges:true"]
     assert spec["user"] == f"{os.getuid()}:{os.getgid()}"
     env = spec["environment"]
     assert ExperimentConfig.model_validate_json(env["LLEM_EXPERIMENT_JSON"]) == cfg

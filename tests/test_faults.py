@@ -271,7 +271,7 @@ sweep: {pytorch.batch_size: [1, 2]}
 execution: {n_cycles: 1, order: sequential}
 """)
         proc = fk.start("run", str(f), "--runner", "local", "-o", str(disk),
-                        environ=fk.env(LLEM_TEST_FAULT="e02-c1:sleep=3"))
+                        environ=fk.env(LLEM_TEST_FAULT="e02-c1:sleep=2"))
         study = fk.the_study(disk)
         fk.wait_hooked(study, "e02-c1")
         finished = fk.checksums(study)
@@ -293,35 +293,25 @@ execution: {n_cycles: 1, order: sequential}
 
 
 def test_two_studies_racing_for_the_same_device(tmp_path, tiny_model):
-    """Started at once on the same device (the CPU here): one measures, the other is
-    refused with who holds the device and creates nothing; with --wait it queues,
-    and the two never measure at the same time."""
+    """Studies started while another measures on the same device (the CPU here): one
+    without --wait is refused, naming the holder, and creates nothing; one with --wait
+    queues and measures only after the first has finished."""
     f = study_file(tmp_path, "execution: {n_cycles: 1}\n", name="race")
-    a_out, b_out = tmp_path / "a", tmp_path / "b"
-    procs = [fk.start("run", str(f), "--runner", "local", "-o", str(o)) for o in (a_out, b_out)]
+    first = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "first"))
+    s1 = fk.the_study(tmp_path / "first")  # it exists: the first holds the device
+    refused = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "refused"))
+    queued = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "queued"), "--wait")
     fk.fault("second study racing for the same device")
-    results = [fk.finish(p) for p in procs]
-    codes = sorted(c for c, _ in results)
-    assert codes == [0, 2], [t[-1500:] for _, t in results]
-    loser_out, (loser_text, winner) = ((b_out, (results[1][1], procs[0])) if results[1][0] == 2
-                                       else (a_out, (results[0][1], procs[1])))
-    assert f"device cpu is in use by study 'race'" in loser_text and f"(pid {winner.pid} " in loser_text
-    assert "--wait" in loser_text
-    assert not loser_out.exists() or not any(loser_out.iterdir())  # refused: nothing on disk
-    winner_out = a_out if loser_out == b_out else b_out
-    fk.check_study(next(winner_out.iterdir()))
-
-    # --wait: queued behind the first, measured after it
-    first = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "w1"))
-    w1 = fk.the_study(tmp_path / "w1")
-    fk.wait_for("the first study's run to start", lambda: fk.states(w1)["e01-c1"] == "running")
-    second = fk.start("run", str(f), "--runner", "local", "-o", str(tmp_path / "w2"), "--wait")
-    fk.fault("second study queued with --wait")
-    (c1, _), (c2, t2) = fk.finish(first), fk.finish(second)
-    assert c1 == 0 and c2 == 0, t2[-2000:]
-    assert "waiting for device cpu: in use by study 'race'" in t2
-    s1, s2 = next((tmp_path / "w1").iterdir()), next((tmp_path / "w2").iterdir())
+    fk.fault("third study queued with --wait")
+    code, text = fk.finish(refused)
+    assert code == 2, text[-2000:]
+    assert "device cpu is in use by study 'race'" in text and f"(pid {first.pid} " in text and "--wait" in text
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())  # nothing on disk
+    (c1, _), (c3, t3) = fk.finish(first), fk.finish(queued)
+    assert c1 == 0 and c3 == 0, t3[-2000:]
+    assert "waiting for device cpu: in use by study 'race'" in t3
+    s3 = next((tmp_path / "queued").iterdir())
     r1 = json.loads((s1 / "runs/e01-c1/result.json").read_text())
-    r2 = json.loads((s2 / "runs/e01-c1/result.json").read_text())
-    assert r1["finished_at"] <= r2["started_at"]  # never measured at the same time
-    fk.check_study(s1), fk.check_study(s2)
+    r3 = json.loads((s3 / "runs/e01-c1/result.json").read_text())
+    assert r1["finished_at"] <= r3["started_at"]  # never measured at the same time
+    fk.check_study(s1), fk.check_study(s3)
