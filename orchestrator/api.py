@@ -84,10 +84,12 @@ def run(
     dry_run: bool = False,
     publication: bool = False,
     reproduces: Path | None = None,
+    detach: bool = False,
 ) -> StudyRun:
     """Run a study (or a single experiment) file; raises UserError on bad input.
     `publication`: as `execution.publication: true`; `reproduces`: the study
-    directory this run re-runs (recorded in the manifest)."""
+    directory this run re-runs (recorded in the manifest); `detach`: a runner that takes
+    the whole plan (Slurm) returns once it is submitted."""
     out = console()
     study = load_study(Path(study_file), cycles=cycles)
     if publication and study.execution.publication is None:
@@ -150,9 +152,14 @@ def run(
     progress = Progress(out, len(plan))
     baselines = BaselineCache()
     current: PlannedRun | None = None
+    whole_plan = getattr(the_runner, "takes_whole_plan", False)  # Slurm: one job array, followed
     try:
         previous: PlannedRun | None = None
-        for planned in plan:
+        if whole_plan:
+            if not the_runner.run_plan(manifest, [p.run_id for p in plan], notify, detach=detach):
+                return result  # detached: `llem status` / `llem collect` follow up
+            result.failed = [r["run_id"] for r in manifest.data["runs"] if r["state"] == "failed"]
+        for planned in [] if whole_plan else plan:
             if previous is not None:
                 gap = ex.gap_between_cycles_s if planned.cycle != previous.cycle else ex.gap_between_runs_s
                 time.sleep(gap)
@@ -187,6 +194,10 @@ def run(
     result.summary = analysed.summary
     write_summary(analysed.summary, study_dir)
     print_summary(out, analysed.summary, energy_reason(result.runs), reference=analysed.reference_index)
+    if whole_plan:
+        from orchestrator.slurm.collect import concurrency_note
+
+        notify(concurrency_note(manifest))
     _write_report(analysed, notify)
     counts = manifest.counts()
     out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed: {study_dir}")

@@ -51,23 +51,63 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--runner", type=click.Choice(["auto", "local", "docker"]), default="auto", show_default=True,
-              help="Where runs execute: auto picks the best available.")
+@click.option("--runner", type=click.Choice(["auto", "local", "docker", "slurm"]), default="auto", show_default=True,
+              help="Where runs execute: auto picks the best available (or the study's execution.runner).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root; the study directory is created under it.")
 @click.option("--cycles", type=click.IntRange(min=1), default=None, help="Override execution.n_cycles.")
 @click.option("--publication", is_flag=True,
               help="Refuse to start unless everything is pinned; write study.lock.yaml, environment.json, REPRODUCE.md.")
+@click.option("--detach", is_flag=True,
+              help="Slurm: return once the job array is submitted; follow with llem status / llem collect.")
 @_guard
-def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | None, publication: bool) -> None:
+def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | None, publication: bool,
+            detach: bool) -> None:
     """Run a study or single-experiment YAML FILE."""
     from orchestrator.api import run
 
     if not file.exists() and (Path("studies") / file).exists():
         raise UserError(f"{file}: no such file; did you mean studies/{file}?")
-    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run, publication=publication)
+    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run, publication=publication,
+                 detach=detach)
     if result.failed:
+        sys.exit(1)
+
+
+@main.command("status")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@_guard
+def status_cmd(study_dir: Path) -> None:
+    """Where a Slurm study's runs are now (reads the array once and updates the manifest)."""
+    from orchestrator.slurm.collect import status
+
+    for line in status(study_dir).lines():
+        click.echo(line)
+
+
+@main.command("collect")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@_guard
+def collect_cmd(study_dir: Path) -> None:
+    """Follow a (detached) Slurm study to its end and write runs.parquet, summary and report."""
+    from orchestrator.slurm.collect import collect
+
+    manifest = collect(study_dir, lambda m: click.echo(m))
+    if manifest.counts()["failed"]:
+        sys.exit(1)
+
+
+@main.command("resubmit")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--detach", is_flag=True, help="Return once submitted.")
+@_guard
+def resubmit_cmd(study_dir: Path, detach: bool) -> None:
+    """Slurm: submit again only the runs of STUDY_DIR that are not done (failed, timed out, cancelled)."""
+    from orchestrator.slurm.collect import resubmit
+
+    manifest = resubmit(study_dir, lambda m: click.echo(m), detach=detach)
+    if not detach and manifest.counts()["failed"]:
         sys.exit(1)
 
 

@@ -23,7 +23,7 @@ from orchestrator.errors import UserError
 from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value
 from orchestrator.validation import format_errors
 
-STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis", "lock")
+STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis", "lock", "slurm")
 MAX_ERRORS_SHOWN = 10
 
 
@@ -38,6 +38,7 @@ class Execution(BaseModel):
     gap_between_runs_s: float = Field(0.0, ge=0)
     gap_between_cycles_s: float = Field(0.0, ge=0)
     run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
+    runner: Literal["local", "docker", "slurm"] | None = Field(None, description="Used when --runner is auto.")
     # publication mode: `true`, or `{energy_required: false}` for throughput/latency-only results
     publication: Publication | None = None
 
@@ -87,6 +88,7 @@ class Study:
     analysis: Analysis = field(default_factory=Analysis)
     reference_index: int = 1  # the experiment ratios are taken against
     lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/lock.py)
+    slurm: dict[str, Any] | None = None  # the `slurm:` section as given (orchestrator/slurm/settings.py)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -231,6 +233,7 @@ def load_study(path: Path, cycles: int | None = None) -> Study:
         analysis=analysis,
         reference_index=resolve_reference(analysis.reference, experiments, path),
         lock=_lock_section(data.get("lock"), path),
+        slurm=data.get("slurm"),
     )
 
 
