@@ -153,10 +153,12 @@ def run(
     baselines = BaselineCache()
     current: PlannedRun | None = None
     whole_plan = getattr(the_runner, "takes_whole_plan", False)  # Slurm: one job array, followed
+    if whole_plan:
+        the_runner.submit_plan(manifest, [p.run_id for p in plan], notify)
     try:
         previous: PlannedRun | None = None
         if whole_plan:
-            if not the_runner.run_plan(manifest, [p.run_id for p in plan], notify, detach=detach):
+            if not the_runner.follow_plan(manifest, notify, detach=detach):
                 return result  # detached: `llem status` / `llem collect` follow up
             result.failed = [r["run_id"] for r in manifest.data["runs"] if r["state"] == "failed"]
         for planned in [] if whole_plan else plan:

@@ -160,4 +160,8 @@ def test_bad_slurm_settings_exit_2_naming_the_field(tmp_path, tiny_model, slurm_
     assert r.returncode == 2 and "slurm.partitoin" in r.stderr and "partition" in r.stderr, r.stderr
     f = write(tmp_path / "u.yaml", TINY + "slurm: {partition: nosuch}\n")
     r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "o"))
-    assert r.returncode == 2 and "sbatch refused" in r.stderr and "partition" in r.stderr, r.stderr
+    assert r.returncode == 2 and "slurm.partition: 'nosuch' is not a partition" in r.stderr and "debug" in r.stderr
+    f = write(tmp_path / "v.yaml", TINY + "slurm: {extra_sbatch: ['--constraint=nosuch']}\n")
+    r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "sbatch refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing left behind

@@ -8,6 +8,7 @@ it once, and follows the array, updating the manifest as tasks start and end.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from backends.devices import resolve_device
 from orchestrator.collect import RunOutcome
 from orchestrator.errors import UserError
 from orchestrator.runners.base import register_runner
+from orchestrator.slurm.commands import partition_names
 from orchestrator.slurm.settings import SlurmSettings, resolve_settings
 from orchestrator.slurm.submit import follow_study, submit
 
@@ -57,16 +59,29 @@ class SlurmRunner:
 
         user, _ = load_user_config()
         self.settings = resolve_settings(getattr(study, "slurm", None), user.slurm, study.path)
+        from orchestrator.slurm.commands import partition_nodes
+
+        if self.settings.partition and not partition_nodes(self.settings.partition):
+            known = ", ".join(sorted(set(partition_names()))) or "none"
+            raise UserError(f"{study.path}: slurm.partition: '{self.settings.partition}' is not a partition "
+                            f"of this cluster; use one of: {known}")
 
     def execute(self, config: ExperimentConfig, run_dir: Path, timeout_s: float | None,
                 on_tick: Callable[[float], None] | None = None,
                 extra_env: dict[str, str] | None = None) -> RunOutcome:
         raise UserError("the slurm runner runs a whole plan as a job array, not one run at a time")
 
-    def run_plan(self, manifest: Any, run_ids: list[str], notify: Notify, detach: bool = False) -> bool:
-        """Submit `run_ids` (in this order) as one array; unless `detach`, follow it to the end.
-        False when detached (the runs go on without us)."""
-        submit(manifest, run_ids, self.settings, notify)
+    def submit_plan(self, manifest: Any, run_ids: list[str], notify: Notify) -> None:
+        """Submit `run_ids` (in this order) as one array."""
+        try:
+            submit(manifest, run_ids, self.settings, notify)
+        except UserError:
+            # refused before anything ran (shared storage, sbatch): leave no half-made study behind
+            shutil.rmtree(manifest.study_dir, ignore_errors=True)
+            raise
+
+    def follow_plan(self, manifest: Any, notify: Notify, detach: bool = False) -> bool:
+        """Unless `detach`, follow the array to the end; False when detached (runs go on without us)."""
         if detach:
             notify(f"detached: follow with `llem status {manifest.study_dir}`, "
                    f"finish with `llem collect {manifest.study_dir}`")

@@ -147,3 +147,8 @@ def partition_nodes(partition: str | None) -> list[str]:
     argv = ["sinfo", "-h", "-N", "-o", "%N"] + (["-p", partition] if partition else [])
     p = _run(argv)
     return sorted({n.strip() for n in p.stdout.split() if n.strip()}) if p.returncode == 0 else []
+
+
+def partition_names() -> list[str]:
+    p = _run(["sinfo", "-h", "-o", "%R"])
+    return [n.strip() for n in p.stdout.split() if n.strip()] if p.returncode == 0 else []
