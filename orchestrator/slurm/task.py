@@ -15,15 +15,21 @@ import os
 import signal
 import socket
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from backends.atomic import write_json_atomic
 from backends.config import ExperimentConfig
-from orchestrator.manifest import Manifest, utc_now
+from orchestrator.manifest import Manifest
 from orchestrator.slurm.gpus import NvmlInventory, allocated_uuids
 
 TASKS_DIR = "slurm/tasks"
+
+
+def utc_now() -> str:
+    # milliseconds: concurrent runs' start order and the scheduling overhead are read from these
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def task_record_path(study_dir: Path, run_id: str) -> Path:
