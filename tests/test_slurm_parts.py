@@ -102,3 +102,41 @@ def test_local_storage_with_other_nodes_is_refused(tmp_path):
     assert local_only_problem(tmp_path, ["localhost"]) is None  # a single-node cluster is this machine
     problem = local_only_problem(tmp_path, ["node01", "node02"])
     assert problem and "storage the nodes share" in problem and "node01" in problem
+
+
+def test_sacct_records():
+    from orchestrator.slurm.commands import parse_sacct
+
+    text = ("7_0|COMPLETED|0:0|node01|2026-11-25T18:00:00|2026-11-25T18:00:09\n"
+            "7_1|OUT_OF_MEMORY|0:125|node02|2026-11-25T18:00:00|2026-11-25T18:00:03\n"
+            "7_2|CANCELLED by 1000|0:15|node01|2026-11-25T18:00:00|2026-11-25T18:00:05\n"
+            "7_[3-9%2]|PENDING|0:0|None assigned|Unknown|Unknown\n")
+    t = parse_sacct(text)
+    assert sorted(t) == [0, 1, 2]
+    assert t[1].state == "OUT_OF_MEMORY" and t[2].state == "CANCELLED" and t[0].node == "node01"
+
+
+@pytest.mark.parametrize("state, words", [
+    ("TIMEOUT", "exceeded its Slurm time limit (slurm.time_limit 1:00:00)"),
+    ("OUT_OF_MEMORY", "ran out of memory (slurm.mem_per_run 8G)"),
+    ("CANCELLED", "cancelled"),
+    ("NODE_FAIL", "its node node07 failed"),
+    ("PREEMPTED", "preempted"),
+    ("BOOT_FAIL", "failed to boot"),
+    ("SPECIAL_EXIT", "ended in Slurm state SPECIAL_EXIT"),
+])
+def test_every_final_state_has_a_reason(state, words):
+    from orchestrator.slurm.commands import TaskState
+    from orchestrator.slurm.follow import _final_reason
+
+    why = _final_reason(TaskState(0, state, exit_code=0, node="node07"), None,
+                        {"time_limit": "1:00:00", "mem_per_run": "8G"})
+    assert why.startswith(f"Slurm {state}: ") and words in why
+
+
+def test_failed_state_carries_the_exit_code_and_the_runs_own_error():
+    from orchestrator.slurm.commands import TaskState
+    from orchestrator.slurm.follow import _final_reason
+
+    why = _final_reason(TaskState(0, "FAILED", exit_code=1), "OSError: no weights", {})
+    assert why == "Slurm FAILED (exit code 1): OSError: no weights"

@@ -128,10 +128,36 @@ def config_value(key: str) -> str | None:
     return None
 
 
+def parse_sacct(text: str) -> dict[int, TaskState]:
+    """`sacct -n -P -X -o JobID,State,ExitCode,NodeList,Start,End` lines of an array."""
+    tasks: dict[int, TaskState] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 6 or "_" not in parts[0]:
+            continue
+        tid = parts[0].split("_", 1)[1]
+        if not tid.isdigit():
+            continue  # a pending range such as 123_[4-9]
+        status, sig = _exit(parts[2])
+        tasks[int(tid)] = TaskState(int(tid), parts[1].split()[0], exit_code=status, signal=sig,
+                                    node=parts[3] or None, start_time=parts[4] or None, end_time=parts[5] or None)
+    return tasks
+
+
+def finished_elsewhere(job_id: str) -> dict[int, TaskState]:
+    """Finished tasks of this array from accounting (`sacct`, where slurmdbd runs) or
+    else the job-completion log (jobcomp/filetxt, when we can read it); {} when the
+    cluster keeps neither. For tasks slurmctld has already forgotten (MinJobAge)."""
+    if (config_value("AccountingStorageType") or "accounting_storage/none") != "accounting_storage/none" \
+            and shutil.which("sacct"):
+        p = _run(["sacct", "-j", job_id, "-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList,Start,End"])
+        if p.returncode == 0:
+            return parse_sacct(p.stdout)
+    return completion_log(job_id)
+
+
 def completion_log(job_id: str) -> dict[int, TaskState]:
-    """Finished tasks of this array from the job-completion log (jobcomp/filetxt),
-    when the cluster keeps one we can read; {} otherwise. For tasks slurmctld has
-    already forgotten (older than MinJobAge)."""
+    """Finished tasks of this array from the job-completion log (jobcomp/filetxt)."""
     if config_value("JobCompType") != "jobcomp/filetxt":
         return {}
     loc = config_value("JobCompLoc")

@@ -45,11 +45,6 @@ def _final_reason(task: TaskState, run_dir_reason: str | None, settings: dict[st
     return f"Slurm {task.state}: {text}"
 
 
-def _task_states(job_id: str) -> dict[int, TaskState]:
-    states = commands.array_states(job_id) or {}
-    return states
-
-
 def poll(manifest: Manifest, notify: Notify | None = None) -> bool:
     """One look at every submission; True when no run is pending or running."""
     settings = manifest.data.get("slurm", {}).get("settings", {})
@@ -58,26 +53,33 @@ def poll(manifest: Manifest, notify: Notify | None = None) -> bool:
         open_runs = [r for r in sub["runs"] if manifest.run(r)["state"] in ("pending", "running")]
         if not open_runs:
             continue
-        tasks = _task_states(sub["job_id"])
-        missing = [i for i, r in enumerate(sub["runs"]) if r in open_runs and i not in tasks]
-        if missing:
-            tasks = {**commands.completion_log(sub["job_id"]), **tasks}
+        live = commands.array_states(sub["job_id"])  # None: slurmctld has forgotten the whole array
+        tasks = dict(live or {})
+        if any(i not in tasks for i, r in enumerate(sub["runs"]) if r in open_runs):
+            tasks = {**commands.finished_elsewhere(sub["job_id"]), **tasks}
         for index, run_id in enumerate(sub["runs"]):
             if run_id not in open_runs:
                 continue
-            changed |= _apply(manifest, run_id, sub["job_id"], index, tasks.get(index), settings, notify)
+            changed |= _apply(manifest, run_id, sub["job_id"], index, tasks.get(index), settings, notify,
+                              forgotten=live is None)
     if changed:
         manifest.save()
     return all(r["state"] in ("done", "failed") for r in manifest.data["runs"])
 
 
 def _apply(manifest: Manifest, run_id: str, job_id: str, index: int, task: TaskState | None,
-           settings: dict[str, Any], notify: Notify | None) -> bool:
+           settings: dict[str, Any], notify: Notify | None, forgotten: bool = False) -> bool:
     run = manifest.run(run_id)
     record = read_task_record(manifest.study_dir, run_id)
     if task is None:
         if "finished_at" not in record:
-            return False  # not visible yet (or forgotten without a trace: `llem status` says so)
+            if not forgotten:
+                return False  # not visible yet
+            # the array is gone from slurmctld, and neither accounting nor the run kept a trace
+            run.update(state="failed", finished_at=utc_now(), error=(
+                f"Slurm no longer knows job {job_id} and the run left no record: it never started, or its "
+                "node lost it; `llem resubmit` runs it again"), slurm={**run.get("slurm", {}), "state": "UNKNOWN"})
+            return True
         code = record.get("exit_code")
         task = TaskState(index, "COMPLETED" if record.get("state") == "done" else "FAILED",
                          exit_code=0 if record.get("state") == "done" else (code or 1), node=record.get("node"))
