@@ -26,6 +26,7 @@ from orchestrator.plan import PlannedRun, order_runs
 from orchestrator.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, pins, verify_lock, write_bundle
 from orchestrator.preflight import check_study
 from orchestrator.publication import check_energy, check_images, check_pins
+from orchestrator.parallel import parallel_runner
 from orchestrator.runners import select_runner
 from orchestrator.study import Publication, Study, load_study
 from orchestrator.study_results import StudyResults, open_study
@@ -98,7 +99,7 @@ def run(
     user_config, user_config_path = load_user_config()
     costs, cost_sources = merged_costs(study.analysis.costs, user_config.costs, user_config_path)
     notify = lambda msg: out.print(msg, markup=False)  # noqa: E731
-    the_runner = select_runner(runner, study, notify)
+    the_runner = parallel_runner(select_runner(runner, study, notify), study, notify)
     if pub is not None and not dry_run:
         check_pins(study, the_runner)
     resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)

@@ -39,6 +39,7 @@ class Execution(BaseModel):
     gap_between_cycles_s: float = Field(0.0, ge=0)
     run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
     runner: Literal["local", "docker", "slurm"] | None = Field(None, description="Used when --runner is auto.")
+    parallel_gpus: int = Field(1, ge=1, description="Runs at once on disjoint GPUs of one host (local runner).")
     # publication mode: `true`, or `{energy_required: false}` for throughput/latency-only results
     publication: Publication | None = None
 
