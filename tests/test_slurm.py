@@ -165,3 +165,58 @@ def test_bad_slurm_settings_exit_2_naming_the_field(tmp_path, tiny_model, slurm_
     r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "sbatch refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing left behind
+
+
+def test_study_can_choose_slurm_and_dry_run_describes_the_array(tmp_path, tiny_model, slurm_cluster):
+    f = write(tmp_path / "s.yaml", TWO_BY_TWO.replace("order: interleaved}", "order: interleaved, runner: slurm}")
+              .replace('time_limit: "10:00"', 'time_limit: "10:00", max_concurrent: 2, partition: debug'))
+    r = llem("run", str(f), "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "slurm runner: one job array on partition debug" in r.stdout and "at most 2 at once" in r.stdout
+
+
+def test_an_array_slurm_forgot_without_a_trace_fails_its_runs_with_the_reason(tmp_path, tiny_model, slurm_cluster):
+    """A job id slurmctld does not know (aged out, no accounting, no task record): not left pending forever."""
+    from orchestrator.manifest import Manifest
+    from orchestrator.plan import order_runs
+    from orchestrator.slurm.follow import poll
+    from orchestrator.study import load_study
+
+    study = load_study(write(tmp_path / "s.yaml", TWO_BY_TWO))
+    plan = order_runs(len(study.experiments), 1, "sequential", 0)
+    (tmp_path / "d").mkdir()
+    m = Manifest.create(tmp_path / "d", study, plan, "slurm", "s.yaml")
+    m.data["slurm"] = {"settings": {}, "submissions": [{"job_id": "987654", "runs": [p.run_id for p in plan]}]}
+    assert poll(m)
+    assert {r["state"] for r in m.data["runs"]} == {"failed"}
+    assert all("Slurm no longer knows job 987654" in r["error"] for r in m.data["runs"])
+
+
+def test_ctrl_c_cancels_the_array(tmp_path, tiny_model, slurm_cluster):
+    import signal
+    import sys
+
+    from tests.conftest import REPO
+
+    f = write(tmp_path / "s.yaml", TWO_BY_TWO)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(f), "--runner", "slurm", "-o", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    manifest = None
+    while time.time() < deadline:
+        found = list(out.glob("*/manifest.json"))
+        if found and any(r["state"] == "running" for r in json.loads(found[0].read_text())["runs"]):
+            manifest = found[0]
+            break
+        time.sleep(0.3)
+    assert manifest is not None, "no run started"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    m = json.loads(manifest.read_text())
+    job = m["slurm"]["submissions"][0]["job_id"]
+    assert all(r["state"] == "failed" and "scancelled" in r["error"] for r in m["runs"] if r["state"] != "done")
+    time.sleep(3)
+    q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+    assert q.stdout.strip() == "", q.stdout  # nothing of the array is left queued or running
