@@ -58,6 +58,9 @@ def test_two_by_two_study_runs_as_one_array(tmp_path, tiny_model, slurm_cluster)
     assert "#SBATCH --array=0-3" in script and "e01-c1\n  e02-c1\n  e01-c2\n  e02-c2" in script
     runs = pd.read_parquet(study_dir / "runs.parquet")
     assert runs["slurm.job_id"].tolist() == [subs[0]["job_id"]] * 4
+    # each result records its job, array task and node too
+    env = json.loads((study_dir / "runs/e01-c1/result.json").read_text())["environment"]["env"]
+    assert env["SLURM_ARRAY_JOB_ID"] == subs[0]["job_id"] and env["SLURMD_NODENAME"] == "localhost"
     assert runs["status"].tolist() == ["done"] * 4
     assert "runs executed" in r.stdout  # the summary says how runs were scheduled
 

@@ -140,3 +140,17 @@ def test_failed_state_carries_the_exit_code_and_the_runs_own_error():
 
     why = _final_reason(TaskState(0, "FAILED", exit_code=1), "OSError: no weights", {})
     assert why == "Slurm FAILED (exit code 1): OSError: no weights"
+
+
+def test_readme_slurm_settings_are_valid():
+    """The `slurm:` block in the README's Slurm section is accepted as written."""
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Slurm: a study as one job array.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    s = resolve_settings(yaml.safe_load(block)["slurm"], None, Path("README.md"))
+    assert s.partition == "gpu" and s.gpus_per_run == 1 and s.max_concurrent == 4 and s.execute == "local"
