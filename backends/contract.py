@@ -9,6 +9,7 @@ SCHEMA_VERSION = 1
 # Inputs to a run (environment variables set by the runner).
 ENV_EXPERIMENT = "LLEM_EXPERIMENT_JSON"  # the experiment config, canonical JSON
 ENV_RUN_DIR = "LLEM_RUN_DIR"  # where the run writes its files
+ENV_RUN_ID = "LLEM_RUN_ID"  # the run's id in its study (e.g. e02-c1); the run dir's name on the host
 ENV_CACHE_DIR = "LLEM_CACHE_DIR"  # built-in models (default ~/.cache/llenergymeasure)
 ENV_DATA_DIR = "LLEM_DATA_DIR"  # fetched datasets (default <cache>/datasets)
 ENV_TOOL_COMMIT = "LLEM_TOOL_COMMIT"  # git commit of the tool, when the run can't see .git
@@ -20,12 +21,18 @@ ENV_IMAGE_BASE = "LLEM_IMAGE_BASE"  # the base image it was built from
 ENV_BASELINE = "LLEM_BASELINE_JSON"  # an idle baseline from an earlier run of the study
 ENV_TRT_ENGINE_DIR = "LLEM_TRT_ENGINE_DIR"  # prebuilt TensorRT-LLM engine a run loads
 ENV_TRT_ENGINE_OUT = "LLEM_TRT_ENGINE_OUT"  # where an engine build writes its files
+ENV_PARENT_PID = "LLEM_PARENT_PID"  # the local runner's pid: a run outliving it stops itself
+ENV_TEST_FAULT = "LLEM_TEST_FAULT"  # TEST HOOK only (backends/harness/faults.py); never set by llem
+
+# Secrets: passed to runs through the environment only, never written anywhere.
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 # Outputs of a run (inside its run directory).
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 TIMESERIES_FILE = "timeseries.parquet"
 LOG_FILE = "run.log"
+HEARTBEAT_FILE = "heartbeat"  # touched as the run makes progress (the host's no-progress watchdog reads it)
 
 # Exit codes of `python -m backends`.
 EXIT_OK = 0

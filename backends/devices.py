@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from backends import contract
 
 
+def _no_nvidia_driver() -> bool:
+    """Linux without any NVIDIA driver node (/dev/nvidia*, /proc/driver/nvidia, or
+    WSL's /dev/dxg) can't have a CUDA device: answering 0 without importing torch
+    saves seconds on every `llem` start on a CPU machine."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not (Path("/proc/driver/nvidia").exists() or Path("/dev/dxg").exists()
+                or any(Path("/dev").glob("nvidia*")))
+
+
 def cuda_device_count() -> int:
+    if _no_nvidia_driver():
+        return 0
     try:
         import torch
     except ImportError:

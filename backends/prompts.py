@@ -62,8 +62,16 @@ def dataset_path(dataset: str) -> Path | None:
 def read_jsonl_prompts(path: Path) -> list[str]:
     """Every `prompt` in a JSONL file, with the line number of any bad line."""
     prompts: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DatasetError(f"dataset: {path}: cannot be read ({e.strerror or e})") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"dataset: {path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from backends.config import ExperimentConfig, PyTorchConfig
 from backends.devices import resolve_dtype, run_device
+from backends.harness.heartbeat import beat
 from backends.models import resolve_model
 from backends.registry import LoadedModel, RequestRecord, register_backend
 
@@ -155,6 +156,7 @@ class PyTorchBackend:
                 RequestRecord(input_tokens=n_in, submitted_s=submitted, token_times_s=times)
                 for n_in, times in zip(batch.input_tokens, streamer.times)
             )
+            beat()  # a long pass still shows progress to the watchdog
         return records
 
     def synchronize(self) -> None:

@@ -27,9 +27,12 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: finished runs are kept; the manifest records where it stopped", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            from orchestrator.signals import describe, exit_code
+
+            click.echo(f"\ninterrupted ({describe(e)}): finished runs are kept; the manifest records "
+                       "where it stopped", err=True)
+            sys.exit(exit_code(e))
         except Failure as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
@@ -50,28 +53,46 @@ def main() -> None:
 
 
 @main.command("run")
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--runner", type=click.Choice(["auto", "local", "docker", "slurm"]), default="auto", show_default=True,
-              help="Where runs execute: auto picks the best available (or the study's execution.runner).")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--runner", type=click.Choice(["auto", "local", "docker", "slurm"]), default=None,
+              help="Where runs execute: auto (the default) picks the best available; "
+                   "--resume keeps the study's; a study may choose with execution.runner.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root; the study directory is created under it.")
 @click.option("--cycles", type=click.IntRange(min=1), default=None, help="Override execution.n_cycles.")
+@click.option("--resume", "resume", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Continue the study in DIR: runs not done yet (FILE, if given, must expand to the same plan).")
+@click.option("--retry-failed", is_flag=True, help="With --resume: also run failed runs again.")
+@click.option("--fail-fast", is_flag=True, help="Stop the study at the first failed run.")
+@click.option("-y", "--yes", is_flag=True, help="Run a very large study without asking.")
+@click.option("--wait", is_flag=True, help="Queue behind a study using the same devices instead of refusing.")
 @click.option("--publication", is_flag=True,
               help="Refuse to start unless everything is pinned; write study.lock.yaml, environment.json, REPRODUCE.md.")
 @click.option("--detach", is_flag=True,
               help="Slurm: return once the job array is submitted; follow with llem status / llem collect.")
 @_guard
-def run_cmd(file: Path, runner: str, dry_run: bool, output: Path, cycles: int | None, publication: bool,
+def run_cmd(file: Path | None, runner: str | None, dry_run: bool, output: Path, cycles: int | None,
+            resume: Path | None, retry_failed: bool, fail_fast: bool, yes: bool, wait: bool, publication: bool,
             detach: bool) -> None:
-    """Run a study or single-experiment YAML FILE."""
+    """Run a study or single-experiment YAML FILE, or continue one with --resume DIR."""
     from orchestrator.api import run
 
-    if not file.exists() and (Path("studies") / file).exists():
-        raise UserError(f"{file}: no such file; did you mean studies/{file}?")
-    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run, publication=publication,
-                 detach=detach)
-    if result.failed:
+    if file is None and resume is None:
+        raise UserError("run: give a study FILE, or --resume DIR to continue a study")
+    if retry_failed and resume is None:
+        raise UserError("--retry-failed: only means something with --resume DIR")
+    if file is not None:
+        if not file.exists() and (Path("studies") / file).exists():
+            raise UserError(f"{file}: no such file; did you mean studies/{file}?")
+        if file.is_dir() and (file / "manifest.json").exists():
+            raise UserError(f"{file}: is a study directory, not a study file; to continue it: "
+                            f"llem run --resume {file}")
+    confirm = (lambda q: click.confirm(q, default=False)) if sys.stdin.isatty() else None
+    result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run, resume=resume,
+                 retry_failed=retry_failed, fail_fast=fail_fast, yes=yes, wait=wait, confirm=confirm,
+                 publication=publication, detach=detach)
+    if not dry_run and not detach and not result.ok:  # a run failed, or the study stopped before its end
         sys.exit(1)
 
 
@@ -263,7 +284,7 @@ def reproduce_cmd(study_dir: Path, output: Path, runner: str, tolerance: float) 
     out.print(t)
     n_diff = int(table["verdict"].str.startswith("different").sum())
     out.print(f"{len(table) - n_diff} of {len(table)} comparisons consistent; report: {report}", markup=False)
-    if result.failed:
+    if not result.ok:
         sys.exit(1)
 
 

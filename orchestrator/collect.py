@@ -1,12 +1,12 @@
 """Reading what a run left in its directory into an outcome.
 
 A run is done only when its exit code is 0 *and* result.json validates; anything
-else is a failure with the best reason available (error.json, then the log).
+else is a failure with its kind (orchestrator/failures.py) and the best reason
+available (why the runner stopped it, error.json, the exit status, the log).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +14,11 @@ from pydantic import ValidationError
 
 from backends import contract
 from backends.harness.result import RunResult
+from backends.secrets import redact
+from orchestrator import failures
+from orchestrator.failures import log_tail
 
-LOG_TAIL_LINES = 20
+__all__ = ["RunOutcome", "load_result", "log_tail", "read_outcome"]
 
 
 @dataclass
@@ -24,14 +27,7 @@ class RunOutcome:
     exit_code: int | None
     error: str | None = None
     result: RunResult | None = None
-
-
-def log_tail(run_dir: Path, n: int = LOG_TAIL_LINES) -> str:
-    try:
-        lines = (run_dir / contract.LOG_FILE).read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
+    kind: str | None = None  # failures.* when failed
 
 
 def load_result(run_dir: Path) -> RunResult | None:
@@ -41,17 +37,23 @@ def load_result(run_dir: Path) -> RunResult | None:
         return None
 
 
-def read_outcome(run_dir: Path, exit_code: int | None, reason: str | None = None) -> RunOutcome:
-    if exit_code == 0 and reason is None:
+def read_outcome(
+    run_dir: Path, exit_code: int | None, reason: str | None = None, kind: str | None = None
+) -> RunOutcome:
+    """`reason`/`kind`: set when the runner itself ended the run (timeout, watchdog, ...)."""
+    if reason is not None:
+        return RunOutcome("failed", exit_code, error=redact(reason), kind=kind or failures.CRASHED)
+    if exit_code == 0:
         result = load_result(run_dir)
         if result is not None:
             return RunOutcome("done", exit_code, result=result)
         reason = f"exited 0 but {contract.RESULT_FILE} is missing or does not validate"
-    if reason is None:
-        try:
-            err = json.loads((run_dir / contract.ERROR_FILE).read_text())
-            reason = f"{err['error_type']}: {err['message']}"
-        except (OSError, ValueError, KeyError):
-            tail = log_tail(run_dir, 3).strip().replace("\n", " | ")
-            reason = f"exit code {exit_code}" + (f"; log: {tail}" if tail else "")
-    return RunOutcome("failed", exit_code, error=reason)
+        return RunOutcome("failed", exit_code, error=reason, kind=failures.INVALID_RESULT)
+    err = failures.read_error_file(run_dir)
+    if err is not None:
+        etype, msg = str(err["error_type"]), str(err.get("message", ""))
+        kind = failures.OUT_OF_MEMORY if failures.is_oom(etype, msg) else failures.ERROR
+        return RunOutcome("failed", exit_code, error=redact(f"{etype}: {msg}"), kind=kind)
+    tail = log_tail(run_dir, 3).strip().replace("\n", " | ")
+    reason = failures.describe_exit(exit_code) + (f"; log: {tail}" if tail else "")
+    return RunOutcome("failed", exit_code, error=redact(reason), kind=failures.CRASHED)

@@ -1,7 +1,15 @@
 """`manifest.json`: the expanded plan and every run's state, rewritten atomically
 after each state change so that a crash never leaves it half-written.
 
-Run states: pending -> running -> done | failed (with the reason).
+Run states: pending -> running -> done | failed (with the reason and its kind,
+orchestrator/failures.py); skipped (with the reason) when the study stopped early
+on purpose (--fail-fast, too many failures in a row). `--resume` re-runs pending,
+skipped and interrupted runs (failed ones with --retry-failed); each earlier try
+of a run is kept in its `attempts` (its files under attempts/<run id>/<n>/).
+
+The study's own `status`: running | finished | paused | stopped | interrupted |
+failed, with `status_reason`; `sessions` lists every `llem run` / `--resume` that
+worked on the study.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from orchestrator.plan import PlannedRun
 from orchestrator.study import Study
 
 MANIFEST_FILE = "manifest.json"
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "done", "failed", "skipped")
+RUN_FIELDS = ("state", "started_at", "finished_at", "exit_code", "error", "failure_kind")
 
 
 def utc_now() -> str:
@@ -34,6 +43,7 @@ class Manifest:
     def create(
         cls, study_dir: Path, study: Study, runs: list[PlannedRun], runner: str, study_file: str,
         analysis: dict[str, Any] | None = None,
+        cycles_override: int | None = None,
     ) -> Manifest:
         data = {
             "schema_version": SCHEMA_VERSION,
@@ -42,9 +52,13 @@ class Manifest:
             "study_file": study_file,
             "created_at": utc_now(),
             "runner": runner,
+            "status": "running",
+            "status_reason": None,
+            "sessions": [],
             "execution": study.execution.model_dump(mode="json"),
             # reference experiment and the prices/intensity in force (with their sources)
             "analysis": analysis or {"reference_index": study.reference_index},
+            "cycles_override": cycles_override,  # --cycles, so that --resume expands the same plan
             "experiments": [
                 {
                     "index": e.index,
@@ -68,6 +82,8 @@ class Manifest:
                     "finished_at": None,
                     "exit_code": None,
                     "error": None,
+                    "failure_kind": None,
+                    "attempts": [],
                 }
                 for r in runs
             ],
@@ -98,8 +114,28 @@ class Manifest:
         self.run(run_id).update(state=state, **fields)
         self.save()
 
+    def set_status(self, status: str, reason: str | None = None) -> None:
+        self.data.update(status=status, status_reason=reason)
+        self.save()
+
+    def begin_session(self, **info: Any) -> None:
+        self.data.setdefault("sessions", []).append({"started_at": utc_now(), **info})
+        self.data.update(status="running", status_reason=None)
+        self.save()
+
+    def new_attempt(self, run_id: str) -> int:
+        """Move the run's last try into `attempts` and make it pending again; returns
+        the number of the try moved (its files go to attempts/<run id>/<n>/)."""
+        run = self.run(run_id)
+        attempts = run.setdefault("attempts", [])
+        attempts.append({k: run.get(k) for k in RUN_FIELDS})
+        run.update(state="pending", started_at=None, finished_at=None, exit_code=None, error=None,
+                   failure_kind=None)
+        self.save()
+        return len(attempts)
+
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATES}
         for r in self.data["runs"]:
-            out[r["state"]] += 1
+            out[r["state"]] = out.get(r["state"], 0) + 1
         return out

@@ -56,10 +56,15 @@ class ParallelRunner:
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner.execute(*args, **kwargs)
 
-    def submit_plan(self, manifest: Manifest, run_ids: list[str], notify: Notify) -> None:
-        self.run_ids = run_ids
+    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, detach: bool = False) -> Any:
+        """Run `run_ids` in this order, several at once; the loop's result."""
+        from orchestrator.execute import LoopResult
 
-    def follow_plan(self, manifest: Manifest, notify: Notify, detach: bool = False) -> bool:
+        self.run_ids = run_ids
+        self._follow(manifest, notify)
+        return LoopResult(failed=[r for r in run_ids if manifest.run(r)["state"] == "failed"])
+
+    def _follow(self, manifest: Manifest, notify: Notify) -> bool:
         slots = GpuSlots(self.uuids, parallel=self.parallel)
         timeout = self.study.execution.run_timeout_s
         threads: list[threading.Thread] = []
@@ -69,7 +74,9 @@ class ParallelRunner:
             try:
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
                 try:
-                    outcome = self.inner.execute(config, manifest.study_dir / "runs" / run_id, timeout, extra_env=env)
+                    outcome = self.inner.execute(config, manifest.study_dir / "runs" / run_id, timeout, extra_env=env,
+                                                 stall_s=self.study.execution.stall_timeout_s,
+                                                 stop_grace_s=self.study.execution.stop_grace_s)
                 except Exception as e:  # noqa: BLE001 - a runner error fails this run, not the others
                     outcome = RunOutcome("failed", None, error=f"{type(e).__name__}: {e}")
                 with self.lock:

@@ -186,7 +186,7 @@ def _warnings(runs: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def _lock_section(results: StudyResults) -> dict[str, Any] | None:
-    from orchestrator.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, load_lock_summary
+    from orchestrator.publication_lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, load_lock_summary
 
     lock = load_lock_summary(results.study_dir)
     if lock is None:

@@ -17,7 +17,7 @@ import pandas as pd
 from backends.atomic import write_bytes_atomic
 from orchestrator.compare import compare, environment_differences
 from orchestrator.errors import UserError
-from orchestrator.lock import LOCK_FILE
+from orchestrator.publication_lock import LOCK_FILE
 from orchestrator.study_results import StudyResults, open_study
 
 REPRODUCTION_FILE = "reproduction.parquet"

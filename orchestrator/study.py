@@ -40,6 +40,13 @@ class Execution(BaseModel):
     run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
     runner: Literal["local", "docker", "slurm"] | None = Field(None, description="Used when --runner is auto.")
     parallel_gpus: int = Field(1, ge=1, description="Runs at once on disjoint GPUs of one host (local runner).")
+    # No output and no heartbeat for this long: the run is stuck (orchestrator/watchdog.py).
+    # Generous by default: loading a large model or torch.compile can be silent for minutes.
+    stall_timeout_s: float | None = Field(1800.0, gt=0, description="Kill a run silent this long.")
+    stop_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL when stopping a run.")
+    # After this many failures in a row the study pauses (resume with --resume): a
+    # broken machine or image must not burn through a days-long plan. null: never.
+    max_consecutive_failures: int | None = Field(5, ge=1)
     # publication mode: `true`, or `{energy_required: false}` for throughput/latency-only results
     publication: Publication | None = None
 
@@ -88,8 +95,33 @@ class Study:
     notes: list[str]
     analysis: Analysis = field(default_factory=Analysis)
     reference_index: int = 1  # the experiment ratios are taken against
-    lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/lock.py)
+    lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/publication_lock.py)
     slurm: dict[str, Any] | None = None  # the `slurm:` section as given (orchestrator/slurm/settings.py)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would keep
+    the last silently, and the study would not be the one written)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (first at line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        except TypeError:  # unhashable: a list or mapping used as a key
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -97,10 +129,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a study file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read it ({e})") from None
+    if not text.strip():
+        raise UserError(f"{path}: is empty; a study file needs at least `model:` (see studies/)")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -4,7 +4,6 @@ so that `llem results`/`report`/`compare` always agree with what is on disk."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ import pandas as pd
 from orchestrator.analysis import Costs
 from orchestrator.errors import UserError
 from orchestrator.manifest import MANIFEST_FILE, Manifest
-from orchestrator.summary import energy_published, summarise
+from orchestrator.energy_columns import energy_published
+from orchestrator.summary import summarise
 from orchestrator.tables import run_rows
 
 
@@ -69,7 +69,3 @@ def study_file_text(results: StudyResults) -> str | None:
         return (results.study_dir / name).read_text(encoding="utf-8") if name else None
     except OSError:
         return None
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -19,7 +19,7 @@ from orchestrator import stats
 from orchestrator.analysis import Costs
 from orchestrator.costs import add_cost_columns
 from orchestrator.pareto import pareto_front
-from orchestrator.energy_columns import energy_published, is_energy_column  # noqa: F401 (re-exported)
+from orchestrator.energy_columns import is_energy_column
 from orchestrator.tables import flatten
 
 SUMMARY_FILE = "summary.parquet"

@@ -19,6 +19,7 @@ from typing import Any
 
 from backends.config import BACKENDS
 from orchestrator.errors import UserError
+from orchestrator.size import MAX_SWEEP_POINTS
 
 SECTIONS = (*BACKENDS, "measurement")
 DEFAULT_BACKEND = "pytorch"
@@ -122,6 +123,13 @@ def set_dotted(target: dict[str, Any], path: str, value: Any) -> None:
 def expand(base: dict[str, Any], axes: list[Axis]) -> list[Point]:
     """Cross the axes. Axes that set `backend` go first, so that backend-scoped
     axes can be applied only to the points they belong to."""
+    bound = 1
+    for axis in axes:  # an upper bound (scoped axes may apply to fewer points): checked first
+        bound *= len(axis.alternatives)
+    if bound > MAX_SWEEP_POINTS:
+        sizes = " x ".join(f"{a.key}: {len(a.alternatives)}" for a in axes)
+        raise UserError(f"sweep: expands to up to {bound:,} experiments ({sizes}); the limit is "
+                        f"{MAX_SWEEP_POINTS:,}. Narrow the sweep or split it into several studies")
     ordered = sorted(axes, key=lambda a: 0 if any("backend" in alt for alt in a.alternatives) else 1)
     points = [Point(fields={}, swept={})]
     used = {a.key: False for a in axes}

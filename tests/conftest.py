@@ -17,10 +17,13 @@ SHARED_AIENERGYSCORE = REPO.parent / "shared" / "datasets" / "aienergyscore-text
 @pytest.fixture(scope="session", autouse=True)
 def llem_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("llem")
-    dirs = {"cache": root / "cache", "data": root / "data"}
+    dirs = {"cache": root / "cache", "data": root / "data", "locks": root / "locks"}
     os.environ["LLEM_CACHE_DIR"] = str(dirs["cache"])
     os.environ["LLEM_DATA_DIR"] = str(dirs["data"])
     os.environ["LLEM_CONFIG"] = str(root / "config.yaml")  # no user config unless a test writes one
+    # device locks private to this session: a suite running beside another (or beside a
+    # real study on this machine) must neither block it nor be blocked
+    os.environ["LLEM_LOCK_DIR"] = str(dirs["locks"])
     return dirs
 
 
@@ -159,3 +162,19 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """The fault-injection suite's totals (tests/faultkit.py), when it ran."""
+    import sys as _sys
+
+    kit = _sys.modules.get("tests.faultkit")
+    if kit is None or not kit.TALLY:
+        return
+    t = kit.TALLY
+    terminalreporter.section("fault injection")
+    terminalreporter.write_line(
+        f"{t['faults']} faults injected; {t['runs']} run checks over {t['studies']} study checks "
+        "(finished runs unchanged, manifest consistent, no orphans, no secret in any file)")
+    for key in sorted(k for k in t if k.startswith("fault: ")):
+        terminalreporter.write_line(f"  {key[7:]}: {t[key]}")

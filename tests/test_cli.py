@@ -34,6 +34,10 @@ BAD_STUDIES = {
     "missing-dataset": (TINY + "dataset: aienergyscore\n", "llem datasets fetch aienergyscore"),
     "missing-model": (TINY.replace("llem/tiny-llama", "nobody/nothing"), "hf download nobody/nothing"),
     "bad-yaml": ("model: [unclosed\n", "not valid YAML"),
+    "too-many-runs": (TINY + "sweep: {pytorch.batch_size: [1, 2]}\nexecution: {n_cycles: 251}\n",
+                      "this study expands to 502 runs (2 experiments x 251 cycles), more than 500; pass --yes"),
+    "empty-file": ("\n", "is empty"),
+    "duplicate-key": (TINY + "n_prompts: 8\n", "key 'n_prompts' appears twice"),
 }
 
 
@@ -127,9 +131,10 @@ execution: {n_cycles: 1, order: sequential}
     study_dir = manifest_path.parent
     assert (study_dir / "runs/e01-c1/result.json").exists()
     assert list(pd.read_parquet(study_dir / "runs.parquet")["status"]) == ["done", "failed", "pending"]
-    # the interrupted run's process got SIGTERM and said so
+    # the interrupted run's process got SIGTERM and said so; error.json says why it was stopped
     err = json.loads((study_dir / "runs/e02-c1/error.json").read_text())
-    assert err["error_type"] == "Terminated"
+    assert err["error_type"] == "Interrupted" and err["kind"] == "interrupted"
+    assert err["cause"] == "Terminated: terminated by signal SIGTERM" and "Terminated" in err["traceback"]
 
 
 @pytest.mark.slow

@@ -30,6 +30,11 @@ def test_jsonl_reports_bad_line_numbers(tmp_path):
     write(f, '{"prompt": "a"}\nnot json\n')
     with pytest.raises(DatasetError, match=r"p.jsonl:2: not valid JSON"):
         read_jsonl_prompts(f)
+    f.write_bytes(b'{"prompt": "a"}\n{"prompt": "b"}\n\xff\xfe{"prompt": "c"}\n')
+    with pytest.raises(DatasetError, match=r"p.jsonl:3: not UTF-8 text"):
+        read_jsonl_prompts(f)
+    with pytest.raises(DatasetError, match=r"cannot be read"):
+        read_jsonl_prompts(tmp_path)  # a directory
 
 
 def test_jsonl_skips_metadata_and_limits_count(tmp_path):

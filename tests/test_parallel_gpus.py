@@ -37,8 +37,8 @@ def test_runs_overlap_on_disjoint_gpus(tmp_path, tiny_model):
     plan = order_runs(len(study.experiments), 2, "interleaved", 0)
     (tmp_path / "s").mkdir()
     manifest = Manifest.create(tmp_path / "s", study, plan, runner.name, "p.yaml")
-    runner.submit_plan(manifest, [p.run_id for p in plan], print)
-    assert runner.follow_plan(manifest, print)
+    loop = runner.run_whole(manifest, [p.run_id for p in plan], print)
+    assert loop.failed == []
     assert [r["state"] for r in manifest.data["runs"]] == ["done"] * 4
     spans = []
     for r in manifest.data["runs"]:

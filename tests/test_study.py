@@ -127,7 +127,9 @@ def test_cycles_override(tmp_path):
     ("sweep:\n  pytorch.batch_size: [1, 1]\n", "lists a value twice"),
     ("sweep:\n  vllm.max_num_seqs: [8]\n", "sweep.vllm.max_num_seqs: applies to a backend that no experiment uses"),
     ("sweep: {}\n", "sweep: must be a mapping"),
-    ("n_prompts: many\nsweep:\n  pytorch.batch_size: [1, 2]\n", "n_prompts: Input should be a valid integer"),
+    ("seed: many\nsweep:\n  pytorch.batch_size: [1, 2]\n", "seed: Input should be a valid integer"),
+    ("n_prompts: 8\n", "key 'n_prompts' appears twice (first at line 3)"),  # BASE sets it too
+    ("sweep: {" + ", ".join(f"x{i}: [1, 2]" for i in range(17)) + "}\n", "the limit is 100,000"),  # 2^17 points
     ("batch_size: 3\n", "batch_size: unknown key"),
     ("execution: {n_cycles: 0}\nsweep: {pytorch.batch_size: [1]}\n", "execution.n_cycles"),
     ("execution: {order: random}\nsweep: {pytorch.batch_size: [1]}\n", "execution.order"),
@@ -143,9 +145,9 @@ def test_invalid_points_are_named(tmp_path, body, expected):
 
 def test_shared_field_error_is_reported_once(tmp_path):
     with pytest.raises(UserError) as e:
-        study(tmp_path, "max_output_tokens: 0\nsweep:\n  pytorch.batch_size: [1, 2, 4]\n")
+        study(tmp_path, "sampling: {top_k: -1}\nsweep:\n  pytorch.batch_size: [1, 2, 4]\n")
     msg = str(e.value)
-    assert msg.count("max_output_tokens") == 1 and "(in every experiment)" in msg
+    assert msg.count("sampling.top_k") == 1 and "(in every experiment)" in msg
 
 
 def test_malformed_yaml_names_the_line(tmp_path):

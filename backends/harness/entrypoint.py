@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from backends import contract
 from backends.atomic import write_json_atomic
 from backends.config import ExperimentConfig
+from backends.secrets import redact
 from backends.harness.protocol import run_experiment, utc_now
 from backends.harness.result import RunError
 
@@ -32,12 +33,15 @@ def _write_error(run_dir: Path, exc: BaseException, experiment_id: str | None, s
     err = RunError(
         experiment_id=experiment_id,
         error_type=type(exc).__name__,
-        message=str(exc) or type(exc).__name__,
-        traceback="".join(traceback.format_exception(exc)),
+        message=redact(str(exc) or type(exc).__name__),
+        traceback=redact("".join(traceback.format_exception(exc))),
         started_at=started,
         finished_at=utc_now(),
     )
-    write_json_atomic(run_dir / contract.ERROR_FILE, err.model_dump(mode="json"))
+    try:
+        write_json_atomic(run_dir / contract.ERROR_FILE, err.model_dump(mode="json"))
+    except OSError as e:  # e.g. the disk is full: the exit code still says it failed
+        print(f"llem: could not write {contract.ERROR_FILE}: {e}", file=sys.stderr)
 
 
 def main() -> int:
@@ -61,11 +65,12 @@ def main() -> int:
 
     try:
         result = run_experiment(config, run_dir)
+        # inside the try: a result that cannot be written (disk full) is a failed run
+        write_json_atomic(run_dir / contract.RESULT_FILE, result.model_dump(mode="json"))
     except BaseException as e:  # noqa: BLE001 - every failure must leave error.json
         _write_error(run_dir, e, config.config_hash(), started)
-        traceback.print_exc()
+        print(redact("".join(traceback.format_exception(e))), file=sys.stderr, end="")
         return contract.EXIT_FAILED
-    write_json_atomic(run_dir / contract.RESULT_FILE, result.model_dump(mode="json"))
     m = result.metrics
     print(
         f"llem: done: {m.output_tokens} tokens in {m.duration_s:.2f} s "

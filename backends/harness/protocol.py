@@ -21,7 +21,9 @@ from backends.config import ExperimentConfig, MeasurementConfig
 from backends.devices import run_device
 from backends.harness.energy import EnergyMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter
 from backends.harness.environment import snapshot
+from backends.harness import faults
 from backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
+from backends.harness.heartbeat import beat
 from backends.harness.metrics import compute_metrics
 from backends.harness.result import Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport
 from backends.harness.sampler import Sampler
@@ -83,6 +85,7 @@ def _window(backend, prepared, m: MeasurementConfig) -> tuple[list[RequestRecord
     while True:
         batch = backend.generate(prepared)
         passes += 1
+        beat("window")
         records += batch
         if passes == 1:
             first_pass = batch
@@ -116,21 +119,26 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         baseline = reusable_baseline(m, uuids)
         if baseline is None and m.baseline_s > 0:
             sampler.phase = "baseline"
+            beat("baseline")
             baseline = _measure_baseline(meter, m.baseline_s, uuids)
         baseline_s = time.perf_counter() - t
 
         sampler.phase = "load"
+        beat("load")
         log.info("loading %s on %s", config.model, device)
         t = time.perf_counter()
         loaded = backend.load()
         backend.synchronize()
         model_load_s = time.perf_counter() - t
+        faults.inject("load")  # TEST HOOK: a no-op unless LLEM_TEST_FAULT is set
 
         sampler.phase = "prepare"
+        beat("prepare")
         prompts = load_prompts(config.dataset, config.n_prompts, config.max_input_tokens, config.seed)
         prepared = backend.prepare(prompts)
 
         sampler.phase = "warmup"
+        beat("warmup")
         log.info("warm-up: %d batch(es) at full length", m.warmup_batches)
         t = time.perf_counter()
         if m.warmup_batches:
@@ -139,6 +147,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         warmup_s = time.perf_counter() - t
 
         sampler.phase = "stabilise"
+        beat("stabilise")
         if gpus.devices:
             stab = wait_for_plateau(_read_plateau(gpus), m)
             log.info("stabilisation: %s", stab.detail)
@@ -147,6 +156,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
 
         backend.synchronize()
         sampler.mark("window")
+        beat("window")
         log.info("measured window: %d prompts, at least %g s", len(prompts), m.min_window_s)
         if cpu_meter:
             cpu_meter.start()

@@ -87,11 +87,20 @@ class RunResult(_Strict):
 
 
 class RunError(_Strict):
+    """error.json. The harness writes it when the run fails in Python; the host
+    completes it (log tail, exit code) or writes it itself when the run died or was
+    stopped (timeout, watchdog, interrupt, killed), keeping the harness's own error
+    in `cause`."""
+
     schema_version: int = SCHEMA_VERSION
     status: Literal["failed"] = "failed"
     experiment_id: str | None
     error_type: str
     message: str
     traceback: str
-    started_at: str
+    started_at: str | None
     finished_at: str
+    kind: str | None = None  # the host's classification (orchestrator/failures.py)
+    exit_code: int | None = None
+    cause: str | None = None  # the harness's error, when the host stopped the run
+    log_tail: str | None = None  # last lines of run.log

@@ -39,10 +39,20 @@ class Runner(Protocol):
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
         extra_env: dict[str, str] | None = None,
+        stall_s: float | None = None,
+        stop_grace_s: float = 10.0,
     ) -> RunOutcome:
-        """Run one experiment to completion (or timeout); never raises for a failed run.
+        """Run one experiment to completion, or stop it (timeout, no progress for
+        `stall_s`: SIGTERM, then SIGKILL after `stop_grace_s`). Never raises for a
+        failed run; raises RunnerLost when the runner itself can no longer work.
         `extra_env` adds contract variables (e.g. a reusable idle baseline)."""
         ...
+
+
+class RunnerLost(Exception):
+    """The runner's machinery is gone (e.g. the Docker engine became unreachable):
+    the study stops, since every later run would fail the same way, and resumes
+    once it is back. Not a failure of the run's configuration."""
 
 
 RUNNERS: dict[str, Callable[[], Runner]] = {}

@@ -10,6 +10,7 @@ happens; containers whose orchestrator died are reaped at the next start.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import threading
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from backends import __version__, contract
 from backends.config import ExperimentConfig
@@ -33,7 +36,9 @@ from orchestrator.trt_cache import EngineBuildFailed
 from orchestrator.images import (
     LABEL, base_for, build_command, build_image, docker_client, find_image, image_tag, spec_for,
 )
-from orchestrator.runners.base import Notify, register_runner
+from orchestrator import failures
+from orchestrator.runners.base import Notify, RunnerLost, register_runner
+from orchestrator.watchdog import RunGuard, Stop
 
 RUN_DIR_IN_CONTAINER = "/llem/run"
 CACHE_IN_CONTAINER = "/llem/cache"
@@ -154,14 +159,14 @@ def container_spec(
         user=f"{os.getuid()}:{os.getgid()}",
         network_mode="none",
         privileged=False,
+        # Nothing a measurement needs requires a capability or setuid: drop them all.
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
         device_requests=device_requests or None,
         shm_size="1g",  # PyTorch and vLLM use /dev/shm; Docker's default 64 MB is too small
         working_dir="/tmp",
         detach=True,
     )
-
-
-    return True
 
 
 def reap_orphans(client: Any) -> list[str]:
@@ -170,10 +175,33 @@ def reap_orphans(client: Any) -> list[str]:
     removed = []
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}.owner_host={host}"}):
         pid = int(c.labels.get(f"{LABEL}.owner_pid", "0") or 0)
-        if pid and not pid_alive(pid):
+        started = c.labels.get(f"{LABEL}.owner_started")
+        if pid and not owner_alive(pid, started):
             c.remove(force=True)
             removed.append(c.name)
     return removed
+
+
+def owner_alive(pid: int, started: str | None) -> bool:
+    """Whether the orchestrator that labelled a container still runs. The start time
+    tells a live owner from an unrelated process that reused its pid (e.g. after a
+    reboot)."""
+    if not pid_alive(pid):
+        return False
+    if not started:
+        return True
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}" == started
+    except psutil.Error:
+        return True
+
+
+def _engine_lost(client: Any) -> bool:
+    try:
+        client.ping()
+        return False
+    except Exception:  # noqa: BLE001 - any failure to reach it means it is gone for us
+        return True
 
 
 def _container_name(run_dir: Path) -> str:
@@ -250,17 +278,18 @@ class DockerRunner:
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
         extra_env: dict[str, str] | None = None,
+        stall_s: float | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> RunOutcome:
         run_dir.mkdir(parents=True, exist_ok=True)
         name = _container_name(run_dir)
+        limits = dict(extra_env=extra_env, stall_s=stall_s, stop_grace_s=stop_grace_s)
         if config.backend == "tensorrt":
             with hold_engine(self.engines[config.config_hash()], config, self) as entry:
-                code, reason = self._run_container(
-                    config, run_dir, timeout_s, on_tick, name, engine=entry.path, extra_env=extra_env
-                )
+                code, stop = self._run_container(config, run_dir, timeout_s, on_tick, name, engine=entry.path, **limits)
         else:
-            code, reason = self._run_container(config, run_dir, timeout_s, on_tick, name, extra_env=extra_env)
-        return read_outcome(run_dir, code, reason=reason)
+            code, stop = self._run_container(config, run_dir, timeout_s, on_tick, name, **limits)
+        return read_outcome(run_dir, code, *((stop.reason, stop.kind) if stop else ()))
 
     def _run_container(
         self,
@@ -272,8 +301,40 @@ class DockerRunner:
         engine: Path | None = None,
         task: str | None = None,
         extra_env: dict[str, str] | None = None,
-    ) -> tuple[int | None, str | None]:
-        """One container to completion: (exit code, failure reason if we stopped it)."""
+        stall_s: float | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> tuple[int | None, Stop | None]:
+        """One container to completion: (exit code, why it failed if not by itself).
+        Raises RunnerLost when the engine stops answering."""
+        try:
+            return self._container_lifecycle(
+                config, run_dir, timeout_s, on_tick, name, engine, task, extra_env, stall_s, stop_grace_s
+            )
+        except (KeyboardInterrupt, RunnerLost):
+            raise
+        except Exception as e:  # noqa: BLE001 - the SDK raises requests/urllib3/docker errors alike
+            if _engine_lost(self.client):
+                raise RunnerLost(f"the Docker engine became unreachable ({type(e).__name__}: {e})") from None
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # our own files (e.g. disk full): the study loop stops the study
+            # the engine is there but failed this container: a failure of this run only
+            return None, Stop(failures.CRASHED, f"Docker failed the run's container ({type(e).__name__}: {e})")
+
+    def _container_lifecycle(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        timeout_s: float | None,
+        on_tick: Callable[[float], None] | None,
+        name: str,
+        engine: Path | None,
+        task: str | None,
+        extra_env: dict[str, str] | None,
+        stall_s: float | None,
+        stop_grace_s: float,
+    ) -> tuple[int | None, Stop | None]:
+        import docker
+
         run_dir.mkdir(parents=True, exist_ok=True)
         image = self.images[config.backend]
         assignment = assign_device(config.device, self.host_gpus)
@@ -282,11 +343,15 @@ class DockerRunner:
             f"{LABEL}.run_id": run_dir.name,
             f"{LABEL}.tool_version": __version__,
             f"{LABEL}.owner_pid": str(os.getpid()),
+            f"{LABEL}.owner_started": f"{psutil.Process().create_time():.2f}",
             f"{LABEL}.owner_host": platform.node(),
         }
         self._remove_if_present(name)  # a leftover from an interrupted attempt
         spec = container_spec(config, run_dir, image, assignment, name, labels)
         spec["environment"].update(extra_env or {})
+        spec["environment"][contract.ENV_RUN_ID] = run_dir.name
+        if os.environ.get(contract.ENV_TEST_FAULT):  # TEST HOOK (backends/harness/faults.py)
+            spec["environment"][contract.ENV_TEST_FAULT] = os.environ[contract.ENV_TEST_FAULT]
         if engine is not None:
             spec["volumes"][str(engine)] = {"bind": ENGINE_IN_CONTAINER, "mode": "ro"}
             spec["environment"][contract.ENV_TRT_ENGINE_DIR] = ENGINE_IN_CONTAINER
@@ -299,7 +364,7 @@ class DockerRunner:
             spec["environment"].pop("HF_HUB_OFFLINE", None)
         container = self.client.containers.create(**spec)
         log_thread: threading.Thread | None = None
-        t0 = time.monotonic()
+        guard = RunGuard(run_dir, timeout_s, stall_s)
         try:
             container.start()
             log_thread = threading.Thread(
@@ -307,25 +372,38 @@ class DockerRunner:
             )
             log_thread.start()
             while True:
-                container.reload()
+                try:
+                    container.reload()
+                except docker.errors.NotFound:  # removed behind our back (docker rm -f)
+                    return None, Stop(failures.CRASHED, "the container was removed while the run was going")
+                state = container.attrs["State"]
                 if container.status in ("exited", "dead"):
-                    return container.attrs["State"]["ExitCode"], None
-                elapsed = time.monotonic() - t0
+                    if state.get("OOMKilled"):
+                        return state["ExitCode"], Stop(
+                            failures.OUT_OF_MEMORY, "out of memory: the container was OOM-killed "
+                            f"({failures.describe_exit(state['ExitCode'])})")
+                    return state["ExitCode"], None
                 if on_tick:
-                    on_tick(elapsed)
-                if timeout_s is not None and elapsed > timeout_s:
-                    container.stop(timeout=STOP_GRACE_S)
-                    return None, f"timed out after {timeout_s:g} s (execution.run_timeout_s)"
+                    on_tick(time.monotonic() - guard.t0)
+                stop = guard.check()
+                if stop is not None:
+                    container.stop(timeout=math.ceil(stop_grace_s))  # the API takes whole seconds
+                    container.reload()
+                    return container.attrs["State"].get("ExitCode"), stop
                 time.sleep(0.25)
         except BaseException:
             try:
-                container.stop(timeout=STOP_GRACE_S)  # SIGTERM: the harness writes error.json
-            finally:
-                raise
+                container.stop(timeout=math.ceil(stop_grace_s))  # SIGTERM: the harness writes error.json
+            except Exception:  # noqa: BLE001 - engine gone: keep the original error
+                pass
+            raise
         finally:
             if log_thread is not None:
                 log_thread.join(timeout=10)
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - engine gone: the reaper removes it at the next start
+                pass
 
     def _remove_if_present(self, name: str) -> None:
         import docker
@@ -337,7 +415,10 @@ class DockerRunner:
 
     @staticmethod
     def _copy_logs(container: Any, path: Path) -> None:
-        with open(path, "wb") as f:
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                f.write(chunk)
-                f.flush()
+        try:
+            with open(path, "wb") as f:
+                for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    f.write(chunk)
+                    f.flush()
+        except Exception:  # noqa: BLE001 - engine gone or disk full: the run's outcome says so
+            pass

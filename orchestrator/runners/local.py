@@ -24,13 +24,14 @@ from orchestrator.collect import RunOutcome, log_tail, read_outcome
 from orchestrator.engines import build_engines, hold_engine
 from orchestrator.trt_cache import EngineBuildFailed
 from orchestrator.runners.base import register_runner
+from orchestrator.watchdog import RunGuard, Stop
 
 KILL_GRACE_S = 10.0
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the run's process group (the harness then writes error.json), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -84,15 +85,18 @@ class LocalRunner:
         timeout_s: float | None,
         on_tick: Callable[[float], None] | None = None,
         extra_env: dict[str, str] | None = None,
+        stall_s: float | None = None,
+        stop_grace_s: float = KILL_GRACE_S,
     ) -> RunOutcome:
         env = dict(extra_env or {})
+        limits = dict(stall_s=stall_s, stop_grace_s=stop_grace_s)
         if config.backend == "tensorrt":
             with hold_engine(self.engines[config.config_hash()], config, self) as entry:
                 env[contract.ENV_TRT_ENGINE_DIR] = str(entry.path)
-                code, reason = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env)
+                code, stop = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env, **limits)
         else:
-            code, reason = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env)
-        return read_outcome(run_dir, code, reason=reason)
+            code, stop = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env, **limits)
+        return read_outcome(run_dir, code, *((stop.reason, stop.kind) if stop else ()))
 
     def command(self, argv: list[str], run_dir: Path) -> list[str]:
         """The process for one run (a container runtime wraps it: see slurm/apptainer.py)."""
@@ -106,18 +110,22 @@ class LocalRunner:
         on_tick: Callable[[float], None] | None,
         argv: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
-    ) -> tuple[int | None, str | None]:
-        """One `python -m backends` process to completion: (exit code, failure reason
-        if we stopped it)."""
+        stall_s: float | None = None,
+        stop_grace_s: float = KILL_GRACE_S,
+    ) -> tuple[int | None, Stop | None]:
+        """One `python -m backends` process to completion: (exit code, why we stopped
+        it if we did)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)  # secrets such as HF_TOKEN reach the run via env only
         env[contract.ENV_EXPERIMENT] = config.canonical_json()
         env[contract.ENV_RUN_DIR] = str(run_dir.resolve())
+        env[contract.ENV_RUN_ID] = run_dir.name
+        env[contract.ENV_PARENT_PID] = str(os.getpid())  # the run stops itself if we die
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra_env or {})
         if self._commit:
             env.setdefault(contract.ENV_TOOL_COMMIT, self._commit)
-        t0 = time.monotonic()
+        guard = RunGuard(run_dir, timeout_s, stall_s)
         with open(run_dir / contract.LOG_FILE, "wb") as log:
             proc = subprocess.Popen(
                 self.command(argv or ["-m", "backends"], run_dir),
@@ -133,12 +141,12 @@ class LocalRunner:
                     try:
                         return proc.wait(timeout=0.5), None
                     except subprocess.TimeoutExpired:
-                        elapsed = time.monotonic() - t0
                         if on_tick:
-                            on_tick(elapsed)
-                        if timeout_s is not None and elapsed > timeout_s:
-                            _stop(proc)
-                            return None, f"timed out after {timeout_s:g} s (execution.run_timeout_s)"
+                            on_tick(time.monotonic() - guard.t0)
+                        stop = guard.check()
+                        if stop is not None:
+                            _stop(proc, stop_grace_s)
+                            return proc.returncode, stop
             except BaseException:
-                _stop(proc)
+                _stop(proc, stop_grace_s)
                 raise

@@ -8,7 +8,6 @@ it once, and follows the array, updating the manifest as tasks start and end.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ Notify = Callable[[str], None]
 class SlurmRunner:
     name = "slurm"
     takes_whole_plan = True  # api.run hands it the plan instead of one run at a time
+    remote = True  # runs measure on the nodes: no device locks on this machine
 
     def __init__(self) -> None:
         from orchestrator.slurm.commands import require_tools
@@ -71,20 +71,22 @@ class SlurmRunner:
                 extra_env: dict[str, str] | None = None) -> RunOutcome:
         raise UserError("the slurm runner runs a whole plan as a job array, not one run at a time")
 
-    def submit_plan(self, manifest: Any, run_ids: list[str], notify: Notify) -> None:
-        """Submit `run_ids` (in this order) as one array."""
+    def run_whole(self, manifest: Any, run_ids: list[str], notify: Notify, detach: bool = False) -> Any:
+        """Submit `run_ids` (in this order) as one array and, unless `detach`, follow it to the
+        end: the loop's result (runs failed, why it stopped), or None when detached."""
+        from orchestrator.execute import LoopResult
+        from orchestrator.slurm.follow import poll
+
+        if manifest.data.get("slurm", {}).get("submissions") and not poll(manifest):
+            raise UserError(f"{manifest.study_dir}: runs of this study are still queued or running in Slurm; "
+                            f"wait for them (`llem collect {manifest.study_dir}`) or scancel them first")
         try:
             submit(manifest, run_ids, self.settings, notify)
-        except UserError:
-            # refused before anything ran (shared storage, sbatch): leave no half-made study behind
-            shutil.rmtree(manifest.study_dir, ignore_errors=True)
-            raise
-
-    def follow_plan(self, manifest: Any, notify: Notify, detach: bool = False) -> bool:
-        """Unless `detach`, follow the array to the end; False when detached (runs go on without us)."""
+        except UserError as e:
+            raise UserError(f"{e}\n(nothing was submitted; {manifest.study_dir} holds the plan only)") from None
         if detach:
             notify(f"detached: follow with `llem status {manifest.study_dir}`, "
                    f"finish with `llem collect {manifest.study_dir}`")
-            return False
+            return None
         follow_study(manifest, self.settings.poll_interval_s, notify)
-        return True
+        return LoopResult(failed=[r for r in run_ids if manifest.run(r)["state"] == "failed"])

@@ -64,7 +64,7 @@ def poll(manifest: Manifest, notify: Notify | None = None) -> bool:
                               forgotten=live is None)
     if changed:
         manifest.save()
-    return all(r["state"] in ("done", "failed") for r in manifest.data["runs"])
+    return all(r["state"] not in ("pending", "running") for r in manifest.data["runs"])
 
 
 def _apply(manifest: Manifest, run_id: str, job_id: str, index: int, task: TaskState | None,

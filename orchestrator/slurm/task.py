@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     code = 1
     try:
+        ex = manifest.data.get("execution", {})
+        limits = {k: v for k, v in (("stall_s", ex.get("stall_timeout_s")), ("stop_grace_s", ex.get("stop_grace_s")))
+                  if v is not None}
         outcome = _runner(args.execute, args.sif).execute(
-            config, args.study_dir / run["run_dir"], None)  # Slurm enforces the time limit
+            config, args.study_dir / run["run_dir"], None, **limits)  # Slurm enforces the time limit
         code = 0 if outcome.state == "done" else (outcome.exit_code or 1)
         record.update(state=outcome.state, exit_code=outcome.exit_code, error=outcome.error)
         return code
