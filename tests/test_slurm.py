@@ -139,8 +139,8 @@ slurm: {{time_limit: "1", poll_interval_s: 0.5}}
     table = pd.read_parquet(study_dir / "runs.parquet")
     assert table["slurm.state"].tolist() == ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"]
 
-    # resubmit: only the three that are not done go out again, as a second array
-    r = llem("resubmit", str(study_dir), "--detach")
+    # --resume --retry-failed: only the three that are not done go out again, as a second array
+    r = llem("run", "--resume", str(study_dir), "--retry-failed", "--detach")
     assert r.returncode == 0, r.stdout + r.stderr
     m = _manifest(study_dir)
     second = m["slurm"]["submissions"][1]
@@ -152,6 +152,12 @@ slurm: {{time_limit: "1", poll_interval_s: 0.5}}
     c = llem("collect", str(study_dir), timeout=120)
     states = {x["run_id"]: x["slurm"]["state"] for x in _manifest(study_dir)["runs"]}
     assert states["e01-c1"] == "COMPLETED" and states["e04-c1"] == "CANCELLED", states
+    # `llem resubmit`: the shortcut, every run not done
+    r = llem("resubmit", str(study_dir), "--detach")
+    assert r.returncode == 0, r.stdout + r.stderr
+    third = _manifest(study_dir)["slurm"]["submissions"][2]
+    assert third["runs"] == ["e02-c1", "e03-c1", "e04-c1"]
+    subprocess.run(["scancel", third["job_id"]], check=True)
 
 
 def test_bad_slurm_settings_exit_2_naming_the_field(tmp_path, tiny_model, slurm_cluster):
