@@ -47,6 +47,7 @@ class UserConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     costs: Costs = Costs()
+    slurm: dict[str, Any] | None = None  # validated with the study's (orchestrator/slurm/settings.py)
 
 
 def user_config_path() -> Path:

@@ -32,6 +32,7 @@ from orchestrator.manifest import Manifest
 from orchestrator.plan import PlannedRun, order_runs
 from orchestrator.preflight import Resolved, check_study
 from orchestrator.publication import check_energy, check_images, check_pins
+from orchestrator.parallel import parallel_runner
 from orchestrator.runners import Runner, select_runner
 from orchestrator.signals import sigterm_interrupts
 from orchestrator.size import confirm_run_count
@@ -89,6 +90,8 @@ def _write_report(analysed: StudyResults, notify: Callable[[str], None]) -> None
 def _devices(study: Study, runner: Runner, resolved: dict[int, Resolved]) -> list[str]:
     """The devices the study's runs measure on, as lock names (orchestrator/locks.py)."""
     keys: set[str] = set()
+    if getattr(runner, "remote", False):  # Slurm: the runs measure on the nodes, not on this machine
+        return []
     for e in study.experiments:
         uuids = runner.gpu_uuids(e.config) if hasattr(runner, "gpu_uuids") else []
         keys.update(device_keys(uuids, resolved[e.index].device))
@@ -124,6 +127,7 @@ def run(
     confirm: Callable[[str], bool] | None = None,
     publication: bool = False,
     reproduces: Path | None = None,
+    detach: bool = False,
 ) -> StudyRun:
     """Run a study (or a single experiment) file, or continue one (`resume=DIR`).
     `publication`: as `execution.publication: true`; `reproduces`: the study
@@ -131,10 +135,11 @@ def run(
 
     Raises UserError on bad input (the CLI exits 2), Failure when the study had to
     stop (runner lost, disk full: exit 1), KeyboardInterrupt on Ctrl-C / SIGTERM.
-    `confirm(question)` is asked before a very large study unless `yes`."""
+    `confirm(question)` is asked before a very large study unless `yes`; `detach`: a
+    runner that takes the whole plan (Slurm) returns once it is submitted."""
     args = dict(runner=runner, output=output, cycles=cycles, dry_run=dry_run, retry_failed=retry_failed,
                 fail_fast=fail_fast, yes=yes, wait=wait, confirm=confirm, publication=publication,
-                reproduces=reproduces)
+                reproduces=reproduces, detach=detach)
     if resume is None:
         if study_file is None:
             raise UserError("run: give a study FILE, or --resume DIR to continue a study")
@@ -153,7 +158,7 @@ def _run(
     study_file: Path | None, manifest: Manifest | None, study_lock: FileLock | None, *,
     runner: str | None, output: str | Path, cycles: int | None, dry_run: bool, retry_failed: bool,
     fail_fast: bool, yes: bool, wait: bool, confirm: Callable[[str], bool] | None, publication: bool,
-    reproduces: Path | None,
+    reproduces: Path | None, detach: bool = False,
 ) -> StudyRun:
     out = console()
     notify = lambda msg: out.print(msg, markup=False, soft_wrap=True)  # noqa: E731
@@ -168,7 +173,7 @@ def _run(
     pub = None if dry_run else study.execution.publication
     user_config, user_config_path = load_user_config()
     costs, cost_sources = merged_costs(study.analysis.costs, user_config.costs, user_config_path)
-    the_runner = select_runner(runner or "auto", study, notify)
+    the_runner = parallel_runner(select_runner(runner or "auto", study, notify), study, notify)
     if pub is not None:
         check_pins(study, the_runner)
     resolved = check_study(study, the_runner, notify=notify, strict=not dry_run)
@@ -232,7 +237,12 @@ def _run(
             out.print(f"results: {manifest.study_dir}")
             policy = Policy(fail_fast=fail_fast, max_consecutive_failures=ex.max_consecutive_failures)
             try:
-                loop = run_plan(manifest, study, todo, the_runner, Progress(out, len(todo)), policy)
+                if getattr(the_runner, "takes_whole_plan", False):  # Slurm, parallel GPUs: the plan at once
+                    loop = the_runner.run_whole(manifest, [p.run_id for p in todo], notify, detach=detach)
+                    if loop is None:
+                        return result  # detached: `llem status` / `llem collect` follow up
+                else:
+                    loop = run_plan(manifest, study, todo, the_runner, Progress(out, len(todo)), policy)
             except KeyboardInterrupt:
                 out.print(f"to continue this study: {resume_hint(manifest)}", markup=False, soft_wrap=True)
                 raise
@@ -253,6 +263,10 @@ def _run(
     except OSError as e:  # disk full: the run directories are the record; `llem results` recomputes it
         notify(f"summary.parquet not written ({e.strerror or e}); `llem results {manifest.study_dir}` recomputes it")
     print_summary(out, analysed.summary, energy_reason(analysed.runs), reference=analysed.reference_index)
+    if getattr(the_runner, "remote", False):
+        from orchestrator.slurm.collect import concurrency_note
+
+        notify(concurrency_note(manifest))
     _write_report(analysed, notify)
     counts = manifest.counts()
     out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed"
@@ -267,7 +281,8 @@ def _run(
 
 
 def _prepare_resume(out, manifest: Manifest, plan: list[PlannedRun], retry_failed: bool) -> list[PlannedRun]:
-    killed = resuming.kill_leftovers(manifest.study_dir)
+    # a Slurm study's runs belong to Slurm (its runner refuses to resubmit while any is queued or running)
+    killed = resuming.kill_leftovers(manifest.study_dir) if manifest.data["runner"] != "slurm" else []
     if killed:
         out.print(f"stopped {len(killed)} leftover run process(es) of this study: {killed}", markup=False)
     for note in resuming.reconcile(manifest):

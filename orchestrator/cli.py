@@ -54,9 +54,9 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("file", required=False, type=click.Path(path_type=Path))
-@click.option("--runner", type=click.Choice(["auto", "local", "docker"]), default=None,
+@click.option("--runner", type=click.Choice(["auto", "local", "docker", "slurm"]), default=None,
               help="Where runs execute: auto (the default) picks the best available; "
-                   "--resume keeps the study's.")
+                   "--resume keeps the study's; a study may choose with execution.runner.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root; the study directory is created under it.")
@@ -69,9 +69,12 @@ def main() -> None:
 @click.option("--wait", is_flag=True, help="Queue behind a study using the same devices instead of refusing.")
 @click.option("--publication", is_flag=True,
               help="Refuse to start unless everything is pinned; write study.lock.yaml, environment.json, REPRODUCE.md.")
+@click.option("--detach", is_flag=True,
+              help="Slurm: return once the job array is submitted; follow with llem status / llem collect.")
 @_guard
 def run_cmd(file: Path | None, runner: str | None, dry_run: bool, output: Path, cycles: int | None,
-            resume: Path | None, retry_failed: bool, fail_fast: bool, yes: bool, wait: bool, publication: bool) -> None:
+            resume: Path | None, retry_failed: bool, fail_fast: bool, yes: bool, wait: bool, publication: bool,
+            detach: bool) -> None:
     """Run a study or single-experiment YAML FILE, or continue one with --resume DIR."""
     from orchestrator.api import run
 
@@ -88,8 +91,44 @@ def run_cmd(file: Path | None, runner: str | None, dry_run: bool, output: Path, 
     confirm = (lambda q: click.confirm(q, default=False)) if sys.stdin.isatty() else None
     result = run(file, runner=runner, output=output, cycles=cycles, dry_run=dry_run, resume=resume,
                  retry_failed=retry_failed, fail_fast=fail_fast, yes=yes, wait=wait, confirm=confirm,
-                 publication=publication)
-    if not dry_run and not result.ok:  # a run failed, or the study stopped before its end
+                 publication=publication, detach=detach)
+    if not dry_run and not detach and not result.ok:  # a run failed, or the study stopped before its end
+        sys.exit(1)
+
+
+@main.command("status")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@_guard
+def status_cmd(study_dir: Path) -> None:
+    """Where a Slurm study's runs are now (reads the array once and updates the manifest)."""
+    from orchestrator.slurm.collect import status
+
+    for line in status(study_dir).lines():
+        click.echo(line)
+
+
+@main.command("collect")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@_guard
+def collect_cmd(study_dir: Path) -> None:
+    """Follow a (detached) Slurm study to its end and write runs.parquet, summary and report."""
+    from orchestrator.slurm.collect import collect
+
+    manifest = collect(study_dir, lambda m: click.echo(m))
+    if manifest.counts()["failed"]:
+        sys.exit(1)
+
+
+@main.command("resubmit")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--detach", is_flag=True, help="Return once submitted.")
+@_guard
+def resubmit_cmd(study_dir: Path, detach: bool) -> None:
+    """Slurm: submit again only the runs of STUDY_DIR that are not done (failed, timed out, cancelled)."""
+    from orchestrator.slurm.collect import resubmit
+
+    manifest = resubmit(study_dir, lambda m: click.echo(m), detach=detach)
+    if not detach and manifest.counts()["failed"]:
         sys.exit(1)
 
 

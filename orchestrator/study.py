@@ -23,7 +23,7 @@ from orchestrator.errors import UserError
 from orchestrator.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value
 from orchestrator.validation import format_errors
 
-STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis", "lock")
+STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis", "lock", "slurm")
 MAX_ERRORS_SHOWN = 10
 
 
@@ -38,6 +38,8 @@ class Execution(BaseModel):
     gap_between_runs_s: float = Field(0.0, ge=0)
     gap_between_cycles_s: float = Field(0.0, ge=0)
     run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
+    runner: Literal["local", "docker", "slurm"] | None = Field(None, description="Used when --runner is auto.")
+    parallel_gpus: int = Field(1, ge=1, description="Runs at once on disjoint GPUs of one host (local runner).")
     # No output and no heartbeat for this long: the run is stuck (orchestrator/watchdog.py).
     # Generous by default: loading a large model or torch.compile can be silent for minutes.
     stall_timeout_s: float | None = Field(1800.0, gt=0, description="Kill a run silent this long.")
@@ -94,6 +96,7 @@ class Study:
     analysis: Analysis = field(default_factory=Analysis)
     reference_index: int = 1  # the experiment ratios are taken against
     lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/publication_lock.py)
+    slurm: dict[str, Any] | None = None  # the `slurm:` section as given (orchestrator/slurm/settings.py)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -267,6 +270,7 @@ def load_study(path: Path, cycles: int | None = None) -> Study:
         analysis=analysis,
         reference_index=resolve_reference(analysis.reference, experiments, path),
         lock=_lock_section(data.get("lock"), path),
+        slurm=data.get("slurm"),
     )
 
 

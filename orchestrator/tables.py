@@ -83,6 +83,8 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
                     "finished_at": result.finished_at,
                 }
             )
+        for k, v in (run.get("slurm") or {}).items():  # job id, array task, node, GPU UUIDs, Slurm state
+            row[f"slurm.{k}"] = ", ".join(v) if isinstance(v, list) else v
         row["run_dir"] = run["run_dir"]
         rows.append(row)
     if not energy_published(manifest.data):

@@ -19,7 +19,9 @@ from backends.harness.gpu import GpuDiscovery
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "vllm", "tensorrt_llm",
              "bitsandbytes", "flash_attn", "nvidia-ml-py", "zeus")
-_VISIBLE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# the Slurm ones say which job, array task and node a run on a cluster was (see orchestrator/slurm/)
+_VISIBLE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME")
 
 
 def _cpu_model() -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from orchestrator.runners import docker as _docker  # noqa: F401  (registers "docker")
 from orchestrator.runners import local as _local  # noqa: F401  (registers "local")
+from orchestrator.runners import slurm as _slurm  # noqa: F401  (registers "slurm")
 from orchestrator.runners.base import RUNNERS, Notify, Runner, RunnerLost, get_runner, register_runner
 from orchestrator.runners.select import select_runner
 

@@ -98,6 +98,10 @@ class LocalRunner:
             code, stop = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env, **limits)
         return read_outcome(run_dir, code, *((stop.reason, stop.kind) if stop else ()))
 
+    def command(self, argv: list[str], run_dir: Path) -> list[str]:
+        """The process for one run (a container runtime wraps it: see slurm/apptainer.py)."""
+        return [sys.executable, *argv]
+
     def _run_process(
         self,
         config: ExperimentConfig,
@@ -124,7 +128,7 @@ class LocalRunner:
         guard = RunGuard(run_dir, timeout_s, stall_s)
         with open(run_dir / contract.LOG_FILE, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, *(argv or ["-m", "backends"])],
+                self.command(argv or ["-m", "backends"], run_dir),
                 env=env,
                 cwd=run_dir,
                 stdin=subprocess.DEVNULL,

@@ -21,6 +21,8 @@ def _missing_images(client: Any, backends: set[str]) -> list[str]:
 
 
 def select_runner(name: str, study: Any, notify: Notify) -> Runner:
+    if name == "auto" and getattr(study.execution, "runner", None):
+        name = study.execution.runner  # the study's choice
     if name != "auto":
         return get_runner(name)
     try:

@@ -1,0 +1,123 @@
+"""Slurm runner overhead: a 100-run plan of trivial tiny-model runs on a real
+single-node Slurm cluster (tests/slurm_cluster.py, Debian's slurm-wlm + munge).
+
+Measured from one `llem run --runner slurm` (a subprocess, as a user runs it):
+  submission   process start -> "submitted" printed (import, study load, preflight,
+               script, sbatch); and sbatch alone
+  runs' time   sum over runs of each task's own duration (task record start -> end),
+               divided by the peak number of concurrent runs: the wall time the runs
+               would need with zero overhead at that concurrency
+  overhead     total wall time - runs' time; as a fraction of runs' time
+  breakdown    first task start after submission; mean gap between a task ending
+               and the next starting on the freed CPU (Slurm's scheduler); last task
+               end -> process exit (following + runs.parquet, summary, report)
+Targets (issue 8): submission < 2 s; overhead < 10 % of runs' time.
+
+    python benchmarks/slurm_overhead.py [--runs 100] [--poll 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.slurm_cluster import SlurmCluster, unavailable_reason  # noqa: E402
+
+
+def _t(s: str) -> float:
+    return datetime.fromisoformat(s).timestamp()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=100, help="plan size (10 configurations x runs/10 cycles)")
+    ap.add_argument("--poll", type=float, default=1.0, help="slurm.poll_interval_s")
+    args = ap.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    root = Path(tempfile.mkdtemp(prefix="llem-slurm-bench-"))
+    cluster = SlurmCluster(root / "cluster").start()
+    try:
+        env = {**os.environ, **cluster.env}
+        study = root / "trivial.yaml"
+        study.write_text(f"""\
+name: slurm-overhead
+model: llem/tiny-llama
+n_prompts: 1
+max_input_tokens: 8
+max_output_tokens: 1
+measurement: {{min_window_s: 0, warmup_batches: 0}}
+sweep: {{pytorch.batch_size: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}
+execution: {{n_cycles: {max(1, args.runs // 10)}, order: interleaved}}
+slurm: {{time_limit: "10:00", poll_interval_s: {args.poll}}}
+""")
+        # build the tiny model once, outside the measurement
+        subprocess.run([sys.executable, "-c", "from backends.models import ensure_builtin; "
+                        "ensure_builtin('llem/tiny-llama')"], check=True, env=env, cwd=REPO)
+        out = root / "results"
+        t0 = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(study), "--runner", "slurm",
+                                 "-o", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        submitted_at = None
+        tail = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = (tail + [line])[-20:]
+            if submitted_at is None and "as Slurm array" in line:
+                submitted_at = time.time()
+        code = proc.wait()
+        t_end = time.time()
+        if code != 0:
+            sys.exit("the study failed:\n" + "".join(tail))
+        (study_dir,) = out.iterdir()
+        m = json.loads((study_dir / "manifest.json").read_text())
+        records = [json.loads(p.read_text()) for p in (study_dir / "slurm" / "tasks").glob("*.json")]
+        spans = sorted((_t(r["started_at"]), _t(r["finished_at"])) for r in records)
+        durations = [b - a for a, b in spans]
+        events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+        peak = cur = 0
+        for _, d in events:
+            cur += d
+            peak = max(peak, cur)
+        runs_time = sum(durations) / peak
+        total = t_end - t0
+        ends = sorted(b for _, b in spans)
+        starts = sorted(a for a, _ in spans)
+        # a slot frees at each end; the start that follows it waited for the scheduler
+        gaps = [min((s for s in starts if s >= e), default=e) - e for e in ends[: len(ends) - peak]]
+        result = {
+            "runs": len(records),
+            "done": sum(r["state"] == "done" for r in m["runs"]),
+            "peak_concurrent": peak,
+            "submission_s": round((submitted_at or t_end) - t0, 2),
+            "sbatch_s": m["slurm"]["submissions"][0]["submit_s"],
+            "mean_run_s": round(statistics.mean(durations), 2),
+            "runs_time_s": round(runs_time, 1),
+            "total_s": round(total, 1),
+            "overhead_s": round(total - runs_time, 1),
+            "overhead_fraction": round((total - runs_time) / runs_time, 3),
+            "first_start_after_submit_s": round(spans[0][0] - (submitted_at or t0), 2),
+            "mean_sched_gap_s": round(statistics.mean(gaps), 2) if gaps else None,
+            "last_end_to_exit_s": round(t_end - ends[-1], 2),
+            "poll_interval_s": args.poll,
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
