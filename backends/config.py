@@ -216,6 +216,12 @@ class ExperimentConfig(_Strict):
     def backend_section(self) -> BaseModel:
         return getattr(self, self.backend)
 
+    @property
+    def gpus_per_run(self) -> int:
+        """GPUs one run of this experiment spans when it runs on CUDA (tensor x pipeline parallel)."""
+        s = self.backend_section
+        return getattr(s, "tensor_parallel_size", 1) * getattr(s, "pipeline_parallel_size", 1)
+
     def canonical_json(self) -> str:
         return canonical_json(self.model_dump(mode="json", exclude_none=True))
 

@@ -23,7 +23,7 @@ from orchestrator import resume as resuming
 from orchestrator.analysis import load_user_config, merged_costs
 from orchestrator.display import Progress, console, print_plan, print_summary
 from orchestrator.engines import gpu_for, plan_engines, trtllm_version
-from orchestrator.errors import UserError
+from orchestrator.errors import NothingStarted, UserError
 from orchestrator.execute import Policy, resume_hint, run_plan
 from orchestrator.images import image_status
 from orchestrator.publication_lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, pins, verify_lock, write_bundle
@@ -92,6 +92,8 @@ def _devices(study: Study, runner: Runner, resolved: dict[int, Resolved]) -> lis
     keys: set[str] = set()
     if getattr(runner, "remote", False):  # Slurm: the runs measure on the nodes, not on this machine
         return []
+    if hasattr(runner, "device_uuids"):  # parallel runs: any of the host's GPUs
+        return sorted(device_keys(runner.device_uuids(), "cuda:0"))
     for e in study.experiments:
         uuids = runner.gpu_uuids(e.config) if hasattr(runner, "gpu_uuids") else []
         keys.update(device_keys(uuids, resolved[e.index].device))
@@ -208,6 +210,7 @@ def _run(
 
     holder = str(resume) if resume is not None else f"study '{study.name}' (results under {Path(output).resolve()})"
     devices = DeviceLocks(_devices(study, the_runner, resolved), holder)
+    discard = False  # set when a new study directory must go again (nothing started)
     with sigterm_interrupts():
         devices.acquire(wait=wait, notify=notify)
         try:
@@ -238,7 +241,8 @@ def _run(
             policy = Policy(fail_fast=fail_fast, max_consecutive_failures=ex.max_consecutive_failures)
             try:
                 if getattr(the_runner, "takes_whole_plan", False):  # Slurm, parallel GPUs: the plan at once
-                    loop = the_runner.run_whole(manifest, [p.run_id for p in todo], notify, detach=detach)
+                    loop = the_runner.run_whole(manifest, [p.run_id for p in todo], notify, detach=detach,
+                                                policy=policy)
                     if loop is None:
                         return result  # detached: `llem status` / `llem collect` follow up
                 else:
@@ -246,12 +250,18 @@ def _run(
             except KeyboardInterrupt:
                 out.print(f"to continue this study: {resume_hint(manifest)}", markup=False, soft_wrap=True)
                 raise
+            except NothingStarted:
+                discard = resume is None  # a new study that never started: leave nothing behind
+                raise
             finally:
-                _write_tables(manifest, notify)
+                if not discard:
+                    _write_tables(manifest, notify)
         finally:
             if study_lock is not None and resume is None:
                 study_lock.release()  # (a resumed study's lock is released by run())
             devices.release()
+            if manifest is not None and resume is None and discard:
+                shutil.rmtree(manifest.study_dir, ignore_errors=True)
 
     result.failed, result.stopped = loop.failed, loop.stopped
     result.unfinished = [r["run_id"] for r in manifest.data["runs"] if r["state"] != "done"]

@@ -10,6 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.stats import is_missing
 from orchestrator.collect import RunOutcome
 from orchestrator.plan import PlannedRun
 from orchestrator.preflight import Resolved
@@ -130,29 +131,26 @@ class Progress:
         self.out.print(f"{self._line} ... {msg}", markup=False)
 
 
-def _missing(v: object) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
-
 
 def with_ci(r: pd.Series, m: str, digits: int = 1) -> str:
     """`mean ± half-width of the 95% CI` (or the mean alone when there is no interval)."""
     mean, lo, hi = r.get(f"{m}_mean"), r.get(f"{m}_ci95_low"), r.get(f"{m}_ci95_high")
-    if _missing(mean):
+    if is_missing(mean):
         return "n/a"
     text = _fmt(float(mean), digits)
-    if not _missing(lo) and not _missing(hi):
+    if not is_missing(lo) and not is_missing(hi):
         text += f" ± {_fmt((float(hi) - float(lo)) / 2, digits)}"
     return text
 
 
 def ratio_text(r: pd.Series, m: str) -> str:
     est, lo, hi = r.get(f"{m}_ratio"), r.get(f"{m}_ratio_ci95_low"), r.get(f"{m}_ratio_ci95_high")
-    if _missing(est):
+    if is_missing(est):
         return "n/a"
     if r.get("is_reference"):
         return "reference"
     text = f"{float(est):.2f}x"
-    if not _missing(lo) and not _missing(hi):
+    if not is_missing(lo) and not is_missing(hi):
         text += f" ({float(lo):.2f}-{float(hi):.2f})"
     return text
 
@@ -182,7 +180,7 @@ def summary_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             str(r["label"]),
             f"{r['runs_done']}/{r['runs_planned']}",
             *(get(r) for _, get in columns),
-            *([("yes" if pareto is True else ("n/a" if _missing(pareto) else "no"))] if energy else []),
+            *([("yes" if pareto is True else ("n/a" if is_missing(pareto) else "no"))] if energy else []),
             str(r.get("flags") or ""),
         ])
     return headers, rows
@@ -242,11 +240,11 @@ def compare_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         b = {"x_mean": r["b_mean"], "x_ci95_low": r["b_ci95_low"], "x_ci95_high": r["b_ci95_high"]}
         pct = r["change_pct"]
         lo, hi = r["change_ci95_low"], r["change_ci95_high"]
-        ci = "n/a" if _missing(lo) or _missing(hi) else f"{_fmt(float(lo), 3)} to {_fmt(float(hi), 3)}"
+        ci = "n/a" if is_missing(lo) or is_missing(hi) else f"{_fmt(float(lo), 3)} to {_fmt(float(hi), 3)}"
         verdict = r["ci_excludes_zero"]
         rows.append([
             str(r["label"]), str(r["metric"]), with_ci(pd.Series(a), "x", 2), with_ci(pd.Series(b), "x", 2),
-            "n/a" if _missing(pct) else f"{float(pct):+.1f}%", ci,
-            "n/a" if _missing(verdict) else ("yes" if verdict else "no"),
+            "n/a" if is_missing(pct) else f"{float(pct):+.1f}%", ci,
+            "n/a" if is_missing(verdict) else ("yes" if verdict else "no"),
         ])
     return headers, rows

@@ -9,6 +9,11 @@ class UserError(Exception):
     exit_code = 2
 
 
+class NothingStarted(UserError):
+    """Bad input found only once the study directory existed (e.g. sbatch refused the
+    array): no run started, so a new study directory is removed again."""
+
+
 class Failure(Exception):
     """Something outside the user's input failed (a download, an image build):
     exit 1 with the message, no traceback."""

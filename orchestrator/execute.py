@@ -59,7 +59,36 @@ def _record_failure(manifest: Manifest, planned: PlannedRun, outcome: RunOutcome
                     error=outcome.error, failure_kind=outcome.kind)
 
 
-def _skip_rest(manifest: Manifest, rest: list[PlannedRun], reason: str) -> None:
+def record_outcome(manifest: Manifest, planned: PlannedRun, outcome: RunOutcome, exp_id: str) -> None:
+    """A finished run into the manifest: done, or failed with error.json written."""
+    if outcome.state == "done":
+        manifest.update(planned.run_id, "done", finished_at=utc_now(), exit_code=outcome.exit_code,
+                        error=None, failure_kind=None)
+    else:
+        _record_failure(manifest, planned, outcome, exp_id)
+
+
+def record_lost(manifest: Manifest, planned: PlannedRun, error: RunnerLost, exp_id: str) -> RunOutcome:
+    """The runner went away during this run: it failed as infrastructure, and the study pauses."""
+    lost = RunOutcome("failed", None, error=str(error), kind=failures.INFRASTRUCTURE)
+    _record_failure(manifest, planned, lost, exp_id)
+    manifest.set_status("paused", str(error))
+    return lost
+
+
+def stop_reason(policy: Policy, outcome: RunOutcome, run_id: str, consecutive: int) -> tuple[str, str] | None:
+    """(status, why) when the study must not start more runs after this outcome."""
+    if outcome.state != "failed":
+        return None
+    if policy.fail_fast:
+        return "stopped", f"--fail-fast: run {run_id} failed"
+    if policy.max_consecutive_failures and consecutive >= policy.max_consecutive_failures:
+        return "paused", (f"{consecutive} runs failed in a row (execution.max_consecutive_failures: "
+                          f"{policy.max_consecutive_failures}); the last: {outcome.error}")
+    return None
+
+
+def skip_rest(manifest: Manifest, rest: list[PlannedRun], reason: str) -> None:
     for planned in rest:
         manifest.run(planned.run_id).update(state="skipped", error=reason)
     manifest.save()
@@ -92,33 +121,22 @@ def run_plan(
                     stall_s=ex.stall_timeout_s, stop_grace_s=ex.stop_grace_s,
                 )
             except RunnerLost as e:
-                lost = RunOutcome("failed", None, error=str(e), kind=failures.INFRASTRUCTURE)
-                _record_failure(manifest, planned, lost, exp.id)
-                progress.end(lost, time.monotonic() - t0)
-                manifest.set_status("paused", str(e))
+                progress.end(record_lost(manifest, planned, e, exp.id), time.monotonic() - t0)
                 raise Failure(f"{e} during run {planned.run_id}; the study stopped there. Finished "
                               f"runs are kept. When it is back: {resume_hint(manifest)}") from None
             baselines.remember(outcome)
+            record_outcome(manifest, planned, outcome, exp.id)
             if outcome.state == "done":
-                manifest.update(planned.run_id, "done", finished_at=utc_now(), exit_code=outcome.exit_code,
-                                error=None, failure_kind=None)
                 consecutive = 0
             else:
-                _record_failure(manifest, planned, outcome, exp.id)
                 result.failed.append(planned.run_id)
                 consecutive += 1
             current = None
             progress.end(outcome, time.monotonic() - t0)
             previous = planned
-            stop = None
-            if outcome.state == "failed" and policy.fail_fast:
-                stop = ("stopped", f"--fail-fast: run {planned.run_id} failed")
-            elif outcome.state == "failed" and policy.max_consecutive_failures and \
-                    consecutive >= policy.max_consecutive_failures:
-                stop = ("paused", f"{consecutive} runs failed in a row (execution.max_consecutive_failures: "
-                                  f"{policy.max_consecutive_failures}); the last: {outcome.error}")
+            stop = stop_reason(policy, outcome, planned.run_id, consecutive)
             if stop and runs[i + 1:]:
-                _skip_rest(manifest, runs[i + 1:], f"not run: the study {stop[0]} ({stop[1]})")
+                skip_rest(manifest, runs[i + 1:], f"not run: the study {stop[0]} ({stop[1]})")
                 manifest.set_status(*stop)
                 result.stopped = f"study {stop[0]}: {stop[1]}"
                 return result

@@ -3,21 +3,18 @@ from the reference configuration did to energy per token and throughput."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 
 from orchestrator import stats
+from orchestrator.stats import is_missing
 from orchestrator.summary import ENERGY, THROUGHPUT
 
 
-def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
 
 def _same(a: Any, b: Any) -> bool:
-    return (_missing(a) and _missing(b)) or a == b
+    return (is_missing(a) and is_missing(b)) or a == b
 
 
 def _values(runs: pd.DataFrame, index: int, metric: str) -> list[float]:
@@ -40,11 +37,11 @@ def _effect_text(r: stats.Interval, noun: str) -> str:
 def _effect(row: pd.Series, metric: str, noun: str) -> str:
     """The summary's ratio to the study's reference, as words."""
     est, lo, hi = (row.get(f"{metric}_ratio{s}") for s in ("", "_ci95_low", "_ci95_high"))
-    return _effect_text(stats.Interval(*(None if _missing(v) else float(v) for v in (est, lo, hi))), noun)
+    return _effect_text(stats.Interval(*(None if is_missing(v) else float(v) for v in (est, lo, hi))), noun)
 
 
 def _show(v: Any) -> str:
-    if _missing(v):
+    if is_missing(v):
         return "n/a"
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
@@ -54,11 +51,11 @@ def headline(summary: pd.DataFrame, runs: pd.DataFrame, param: str, keys: list[s
     """Compare the last value of `param` with its baseline, all other swept settings
     equal. The baseline is the reference configuration where `param` applies to it,
     else (a setting of another backend) the first configuration it applies to."""
-    applies = summary[[not _missing(v) for v in summary[param]]]
+    applies = summary[[not is_missing(v) for v in summary[param]]]
     if applies.empty:
         return f"{param}: no configuration has this setting."
     ref = summary[summary["is_reference"]]
-    base = ref.iloc[0] if len(ref) and not _missing(ref.iloc[0][param]) else applies.iloc[0]
+    base = ref.iloc[0] if len(ref) and not is_missing(ref.iloc[0][param]) else applies.iloc[0]
     others = [k for k in keys if k != param]
     group = summary[[all(_same(r[k], base[k]) for k in others) for _, r in summary.iterrows()]]
     changed = group[[not _same(v, base[param]) for v in group[param]]]

@@ -1,29 +1,45 @@
 """`execution.parallel_gpus: N`: up to N runs at once on disjoint GPUs of this host.
 
-Wraps the local runner as a runner that takes the whole plan (like Slurm's):
-runs start in plan order, each as soon as a slot and enough free GPUs exist
-(`gpu_slots.GpuSlots`), pinned to its GPUs by UUID through CUDA_VISIBLE_DEVICES,
-so the harness measures exactly those. Never two runs on one GPU; a host without
-GPUs keeps runs sequential (the study loop is used unchanged).
+Wraps the local or Docker runner as a runner that takes the whole plan (like
+Slurm's): runs start in plan order, each as soon as a slot and enough free GPUs
+exist (`gpu_slots.GpuSlots`), and the inner runner pins the run to exactly those
+GPUs by UUID (CUDA_VISIBLE_DEVICES for a process, a device request for a
+container), so the harness measures only them. Never two runs on one GPU; a host
+without GPUs keeps runs sequential (the plain study loop is used unchanged).
+
+Each run is recorded exactly as the sequential loop records it (execute.py:
+attempts kept, error.json, the same failure policy): after `--fail-fast` or
+`max_consecutive_failures` no new run starts, the running ones finish, and the
+rest are skipped; a lost runner (Docker engine gone) stops scheduling likewise.
+`device: cuda:N` only says "a GPU" here: the scheduler chooses which.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from backends.config import ExperimentConfig
+from orchestrator import failures
 from orchestrator.collect import RunOutcome
+from orchestrator.errors import Failure, UserError
+from orchestrator.execute import LoopResult, Policy, record_lost, record_outcome, resume_hint, skip_rest, stop_reason
 from orchestrator.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
 from orchestrator.manifest import Manifest, utc_now
+from orchestrator.plan import PlannedRun
+from orchestrator.resume import fresh_run_dir
+from orchestrator.runners.base import RunnerLost
+from orchestrator.signals import describe
 
 Notify = Callable[[str], None]
+PARALLEL_RUNNERS = ("local", "docker")
 
 
 def gpus_needed(config: ExperimentConfig, resolved_device: str) -> int:
-    """GPUs one run occupies: one for a CUDA run (multi-GPU runs are not split yet), none on the CPU."""
-    return 1 if resolved_device.startswith("cuda") else 0
+    """GPUs one run occupies: its tensor x pipeline parallel size on CUDA, none on the CPU."""
+    return config.gpus_per_run if resolved_device.startswith("cuda") else 0
 
 
 class ParallelRunner:
@@ -33,12 +49,12 @@ class ParallelRunner:
 
     def __init__(self, inner: Any, parallel: int, host: HostGpus, study: Any, gpus_per_run: int | None = None) -> None:
         self.inner = inner
-        self.gpus_per_run = gpus_per_run  # None: from each run's device
+        self.gpus_per_run = gpus_per_run  # None: from each run's config and device
         self.name = inner.name
         self.parallel = parallel
         self.uuids = host.uuids()
         self.study = study
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the manifest and the outcome counters
 
     def __getattr__(self, name: str) -> Any:  # anything else (engine hosting, image checks) is the inner runner's
         return getattr(self.inner, name)
@@ -46,6 +62,10 @@ class ParallelRunner:
     def describe(self) -> str:
         return (f"{self.inner.describe()}; up to {max_parallel(len(self.uuids), 1, self.parallel)} runs at once "
                 f"on disjoint GPUs of this host ({len(self.uuids)} GPU(s))")
+
+    def device_uuids(self) -> list[str]:
+        """Every GPU the scheduler may place a run on: what the study must lock."""
+        return list(self.uuids)
 
     def resolve_device(self, spec: str) -> str:
         return self.inner.resolve_device(spec)
@@ -56,63 +76,122 @@ class ParallelRunner:
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner.execute(*args, **kwargs)
 
-    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, detach: bool = False) -> Any:
+    def _need(self, config: ExperimentConfig) -> int:
+        if self.gpus_per_run is not None:
+            return self.gpus_per_run
+        return gpus_needed(config, self.inner.resolve_device(config.device))
+
+    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, detach: bool = False,
+                  policy: Policy | None = None) -> LoopResult:
         """Run `run_ids` in this order, several at once; the loop's result."""
-        from orchestrator.execute import LoopResult
+        planned = {p.run_id: p for p in _planned(manifest)}
+        return _Schedule(self, manifest, [planned[r] for r in run_ids], notify, policy or Policy()).run()
 
-        self.run_ids = run_ids
-        self._follow(manifest, notify)
-        return LoopResult(failed=[r for r in run_ids if manifest.run(r)["state"] == "failed"])
 
-    def _follow(self, manifest: Manifest, notify: Notify) -> bool:
-        slots = GpuSlots(self.uuids, parallel=self.parallel)
-        timeout = self.study.execution.run_timeout_s
+def _planned(manifest: Manifest) -> list[PlannedRun]:
+    return [PlannedRun(r["run_id"], r["experiment_index"], r["cycle"], r["position"])
+            for r in manifest.data["runs"]]
+
+
+class _Schedule:
+    """One session of parallel runs: starts them, records them, applies the policy."""
+
+    def __init__(self, runner: ParallelRunner, manifest: Manifest, runs: list[PlannedRun], notify: Notify,
+                 policy: Policy) -> None:
+        self.runner, self.manifest, self.runs, self.notify, self.policy = runner, manifest, runs, notify, policy
+        self.slots = GpuSlots(runner.uuids, parallel=runner.parallel)
+        self.result = LoopResult()
+        self.consecutive = 0
+        self.stop: tuple[str, str] | None = None
+        self.lost: RunnerLost | None = None
+        self.cancel = threading.Event()  # Ctrl-C/SIGTERM reached the main thread: stop every running run
+
+    def run(self) -> LoopResult:
+        ex = self.runner.study.execution
         threads: list[threading.Thread] = []
-        stop = threading.Event()
-
-        def one(run_id: str, config: ExperimentConfig, slot: int, gpus: tuple[str, ...]) -> None:
-            try:
-                env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
-                try:
-                    outcome = self.inner.execute(config, manifest.study_dir / "runs" / run_id, timeout, extra_env=env,
-                                                 stall_s=self.study.execution.stall_timeout_s,
-                                                 stop_grace_s=self.study.execution.stop_grace_s)
-                except Exception as e:  # noqa: BLE001 - a runner error fails this run, not the others
-                    outcome = RunOutcome("failed", None, error=f"{type(e).__name__}: {e}")
-                with self.lock:
-                    manifest.update(run_id, outcome.state, finished_at=utc_now(), exit_code=outcome.exit_code,
-                                    error=outcome.error)
-                notify(f"{outcome.state:8} {run_id}" + (f" on {', '.join(gpus)}" if gpus else "")
-                       + (f": {outcome.error}" if outcome.error else ""))
-            finally:
-                slots.release(slot)
-
+        started: set[str] = set()
         try:
-            for run_id in self.run_ids:
-                run = manifest.run(run_id)
-                exp = self.study.experiments[run["experiment_index"] - 1]
-                need = self.gpus_per_run if self.gpus_per_run is not None else \
-                    gpus_needed(exp.config, self.inner.resolve_device(exp.config.device))
-                slot, gpus = slots.acquire(need)  # blocks until the GPUs are free
-                if stop.is_set():
-                    slots.release(slot)
-                    break
-                with self.lock:
-                    manifest.update(run_id, "running", started_at=utc_now(), gpu_uuids=list(gpus))
-                t = threading.Thread(target=one, args=(run_id, exp.config, slot, gpus), daemon=True)
+            for n, planned in enumerate(self.runs, 1):
+                exp = self.runner.study.experiments[planned.experiment_index - 1]
+                slot, gpus = self.slots.acquire(self.runner._need(exp.config))  # blocks until free
+                with self.runner.lock:
+                    if self.stop or self.lost:
+                        self.slots.release(slot)
+                        break
+                    fresh_run_dir(self.manifest, planned.run_id)
+                    self.manifest.update(planned.run_id, "running", started_at=utc_now(), gpu_uuids=list(gpus))
+                started.add(planned.run_id)
+                self.notify(f"[{n}/{len(self.runs)}] {planned.run_id} {exp.label} ... started"
+                            + (f" on {', '.join(gpus)}" if gpus else ""))
+                t = threading.Thread(target=self._one, args=(planned, exp, slot, gpus, ex), daemon=True)
                 t.start()
                 threads.append(t)
             for t in threads:
                 t.join()
-        except KeyboardInterrupt:
-            stop.set()
-            with self.lock:
-                for r in manifest.data["runs"]:
-                    if r["state"] == "running":
-                        r.update(state="failed", finished_at=utc_now(), error="interrupted (Ctrl-C)")
-                manifest.save()
+        except KeyboardInterrupt as e:
+            why = f"interrupted ({describe(e)})"
+            with self.runner.lock:
+                self.stop = ("interrupted", why)
+            self.cancel.set()  # each worker's runner stops its process/container (SIGTERM, then SIGKILL)
+            for t in threads:
+                t.join()
+            self.manifest.set_status("interrupted", why)
             raise
-        return True
+        rest = [p for p in self.runs if p.run_id not in started]
+        if self.lost is not None:
+            raise Failure(f"{self.lost}; the study stopped there. Finished runs are kept. When it is back: "
+                          f"{resume_hint(self.manifest)}")
+        if self.stop and rest:
+            skip_rest(self.manifest, rest, f"not run: the study {self.stop[0]} ({self.stop[1]})")
+            self.manifest.set_status(*self.stop)
+            self.result.stopped = f"study {self.stop[0]}: {self.stop[1]}"
+        else:
+            self.manifest.set_status("finished", f"{len(self.result.failed)} run(s) failed"
+                                     if self.result.failed else None)
+        return self.result
+
+    def _one(self, planned: PlannedRun, exp: Any, slot: int, gpus: tuple[str, ...], ex: Any) -> None:
+        run_dir = self.manifest.study_dir / "runs" / planned.run_id
+        t0 = time.monotonic()
+        try:
+            try:
+                outcome = self.runner.inner.execute(exp.config, run_dir, ex.run_timeout_s, on_tick=self._tick,
+                                                    stall_s=ex.stall_timeout_s, stop_grace_s=ex.stop_grace_s,
+                                                    gpus=gpus or None)
+            except _Cancelled:
+                outcome = RunOutcome("failed", None, error=self.stop[1] if self.stop else "interrupted",
+                                     kind=failures.INTERRUPTED)
+            except RunnerLost as e:
+                with self.runner.lock:
+                    self.lost = e
+                    record_lost(self.manifest, planned, e, exp.id)
+                    self.result.failed.append(planned.run_id)
+                self.notify(f"FAILED   {planned.run_id}: {e}")
+                return
+            except Exception as e:  # noqa: BLE001 - a runner error fails this run, not the others
+                outcome = RunOutcome("failed", None, error=f"{type(e).__name__}: {e}")
+            with self.runner.lock:
+                record_outcome(self.manifest, planned, outcome, exp.id)
+                if outcome.state == "done":
+                    self.consecutive = 0
+                else:
+                    self.result.failed.append(planned.run_id)
+                    self.consecutive += 1
+                self.stop = self.stop or stop_reason(self.policy, outcome, planned.run_id, self.consecutive)
+            took = time.monotonic() - t0
+            self.notify(f"{'done' if outcome.state == 'done' else 'FAILED':8} {planned.run_id} after {took:.1f} s"
+                        + (f" on {', '.join(gpus)}" if gpus else "") + (f": {outcome.error}" if outcome.error else ""))
+        finally:
+            self.slots.release(slot)
+
+    def _tick(self, run_elapsed: float) -> None:
+        """Called by the runner while a run goes: raising here makes it stop the run."""
+        if self.cancel.is_set():
+            raise _Cancelled()
+
+
+class _Cancelled(KeyboardInterrupt):
+    """Raised inside a worker thread so that its runner stops the run as on Ctrl-C."""
 
 
 def parallel_runner(runner: Any, study: Any, notify: Notify, host: HostGpus | None = None) -> Any:
@@ -120,12 +199,22 @@ def parallel_runner(runner: Any, study: Any, notify: Notify, host: HostGpus | No
     n = getattr(study.execution, "parallel_gpus", 1)
     if n <= 1 or getattr(runner, "takes_whole_plan", False):
         return runner
-    if runner.name != "local":
-        notify(f"execution.parallel_gpus: {n} applies to the local runner only so far; the {runner.name} "
-               "runner runs one run at a time")
+    if runner.name not in PARALLEL_RUNNERS:
+        notify(f"execution.parallel_gpus: {n} applies to the {' and '.join(PARALLEL_RUNNERS)} runners; the "
+               f"{runner.name} runner runs one run at a time")
         return runner
     host = host or NvmlHostGpus()
     if not host.uuids():
         notify(f"execution.parallel_gpus: {n}, but this host has no GPU: runs stay sequential")
         return runner
-    return ParallelRunner(runner, n, host, study)
+    parallel = ParallelRunner(runner, n, host, study)
+    for exp in study.experiments:
+        try:
+            need = parallel._need(exp.config)
+        except ValueError:
+            continue  # an impossible device: the preflight check explains it
+        if need > len(parallel.uuids):
+            raise UserError(f"{study.path}: experiment {exp.index} ({exp.label}) spans {need} GPUs "
+                            f"(tensor x pipeline parallel) but this host has {len(parallel.uuids)}; "
+                            "lower the parallel sizes or run it on a larger host")
+    return parallel

@@ -4,7 +4,6 @@ failure, and the study file. Charts are embedded; nothing is fetched when opened
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from backends.atomic import write_bytes_atomic
 from backends.config import BACKENDS
 from backends.contract import TIMESERIES_FILE
 from orchestrator import charts
+from orchestrator.stats import is_missing
 from orchestrator.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from orchestrator.display import ratio_text, with_ci
 from orchestrator.errors import UserError
@@ -49,9 +49,6 @@ COST_ROWS = (
     (CO2, "CO2, g per million output tokens", 2),
 )
 
-
-def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def _distinct(runs: pd.DataFrame, col: str) -> str:
@@ -123,7 +120,7 @@ def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
             "throughput": with_ci(r, THROUGHPUT), "throughput_ratio": ratio_text(r, THROUGHPUT),
             "energy": with_ci(r, ENERGY, 3), "energy_ratio": ratio_text(r, ENERGY),
             "power": with_ci(r, "avg_power_w"), "memory": with_ci(r, "peak_memory_mb", 0),
-            "pareto": None if _missing(r.get("pareto_throughput_energy")) else bool(r["pareto_throughput_energy"]),
+            "pareto": None if is_missing(r.get("pareto_throughput_energy")) else bool(r["pareto_throughput_energy"]),
             "flags": r["flags"],
         })
     return rows
@@ -158,7 +155,7 @@ def chart_axes(summary: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, li
         joint = [v[0] for v in scoped.values()]
         name = " / ".join(joint)
         summary = summary.copy()
-        summary[name] = [next((r[k] for k in joint if not _missing(r[k])), None) for _, r in summary.iterrows()]
+        summary[name] = [next((r[k] for k in joint if not is_missing(r[k])), None) for _, r in summary.iterrows()]
         rest = [k for k in keys if k not in joint and k != "backend"]
         return summary, [name, *rest]
     return summary, keys

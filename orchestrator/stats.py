@@ -17,7 +17,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pandas as pd
 from scipy import stats as _st
+
+
+def is_missing(v: object) -> bool:
+    """None, NaN or pandas' NA: a value the tables show as n/a."""
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 LEVEL = 0.95
 

@@ -47,6 +47,13 @@ def test_gpu_pinning_by_uuid():
         assign_device("cuda", [])
     with pytest.raises(ValueError, match="has 2 GPU"):
         assign_device("cuda:2", gpus)
+    # a run spanning two GPUs (tensor parallel) gets both, from its device on
+    assert assign_device("cuda:0", gpus, n=2) == GpuAssignment("cuda:0", ["GPU-aaa", "GPU-bbb"])
+    with pytest.raises(ValueError, match="2 GPUs from cuda:1 requested"):
+        assign_device("cuda:1", gpus, n=2)
+    # the parallel scheduler's choice wins over `device: cuda:N`; a CPU run stays on the CPU
+    assert assign_device("cuda:0", gpus, pinned=["GPU-bbb"]) == GpuAssignment("cuda:0", ["GPU-bbb"])
+    assert assign_device("cpu", gpus, pinned=["GPU-bbb"]) == GpuAssignment("cpu")
 
 
 def test_container_spec_is_locked_down(tmp_path, monkeypatch, tiny_model):

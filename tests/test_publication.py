@@ -12,27 +12,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, llem, write
+from conftest import CPU_STUDY, REPO, llem, write
 
 pytestmark = pytest.mark.slow
 
-STUDY = """\
-name: pub
-model: llem/tiny-llama
-backend: pytorch
-dataset: synthetic
-n_prompts: 8
-max_input_tokens: 32
-max_output_tokens: 8
-measurement: {min_window_s: 0.5, warmup_batches: 1}
-sweep:
-  pytorch.batch_size: [1, 4]
-execution:
-  n_cycles: 3
-  order: shuffled
-  shuffle_seed: 5
-  publication: {energy_required: false}
-"""
+# the shared three-cycle CPU study, shuffled (the lock must pin the run order) and
+# published without energy (no sensor here)
+STUDY = (CPU_STUDY.replace("name: cpu-three-cycles", "name: pub")
+         .replace("execution: {n_cycles: 3, order: interleaved}",
+                  "execution:\n  n_cycles: 3\n  order: shuffled\n  shuffle_seed: 5\n"
+                  "  publication: {energy_required: false}"))
+assert "shuffle_seed: 5" in STUDY
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -174,6 +174,7 @@ def test_bad_slurm_settings_exit_2_naming_the_field(tmp_path, tiny_model, slurm_
     r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "sbatch refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "nothing was submitted" in r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # no half-made study left
 
 
 def test_study_can_choose_slurm_and_dry_run_describes_the_array(tmp_path, tiny_model, slurm_cluster):
@@ -229,3 +230,34 @@ def test_ctrl_c_cancels_the_array(tmp_path, tiny_model, slurm_cluster):
     time.sleep(3)
     q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
     assert q.stdout.strip() == "", q.stdout  # nothing of the array is left queued or running
+
+
+def test_runs_execute_in_the_docker_image_on_the_node(tmp_path, docker_image, slurm_cluster):
+    """`slurm.execute: docker`: each array task runs its run in a fresh container of the
+    backend's image, found on the node under its content tag (never built there)."""
+    from tests.conftest import DOCKER_ENV
+
+    f = write(tmp_path / "s.yaml", TINY + """\
+name: slurm-docker
+sweep: {pytorch.batch_size: [1, 2]}
+execution: {n_cycles: 1}
+slurm: {time_limit: "10:00", poll_interval_s: 0.5, execute: docker}
+""")
+    r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "out"), env=DOCKER_ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (study_dir,) = (tmp_path / "out").iterdir()
+    m = _manifest(study_dir)
+    assert [x["state"] for x in m["runs"]] == ["done"] * 2, m["runs"]
+    assert "--execute docker" in (study_dir / m["slurm"]["submissions"][0]["script"]).read_text()
+    for x in m["runs"]:
+        result = json.loads((study_dir / x["run_dir"] / "result.json").read_text())
+        assert result["environment"]["image"]["ref"] == docker_image  # measured inside the image
+        assert x["slurm"]["state"] == "COMPLETED"
+
+
+def test_a_node_without_the_image_fails_the_run_saying_so(docker_image):
+    from orchestrator.errors import UserError
+    from orchestrator.runners.docker import DockerRunner
+
+    with pytest.raises(UserError, match=r"image llem-vllm:\S+ is not on .*; build it there first"):
+        DockerRunner()._image("vllm")  # what a task sees on a node where the vLLM image was never built

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,11 +41,14 @@ class Runner(Protocol):
         extra_env: dict[str, str] | None = None,
         stall_s: float | None = None,
         stop_grace_s: float = 10.0,
+        gpus: Sequence[str] | None = None,
     ) -> RunOutcome:
         """Run one experiment to completion, or stop it (timeout, no progress for
         `stall_s`: SIGTERM, then SIGKILL after `stop_grace_s`). Never raises for a
         failed run; raises RunnerLost when the runner itself can no longer work.
-        `extra_env` adds contract variables (e.g. a reusable idle baseline)."""
+        `extra_env` adds contract variables (e.g. a reusable idle baseline).
+        `gpus`: host GPU UUIDs the run must use instead of its `device:` (the
+        parallel scheduler places runs); the run sees them as cuda:0..N-1."""
         ...
 
 

@@ -15,7 +15,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from backends.harness.gpu import nvml_inventory
 from backends.paths import cache_dir, data_dir
 from backends.prompts import BUILTIN_DATASETS
 from orchestrator.collect import RunOutcome, log_tail, read_outcome
-from orchestrator.engines import build_engines, hold_engine
+from orchestrator.engines import build_engines, gpu_for, hold_engine, material_for
 from orchestrator.processes import pid_alive
 from orchestrator.errors import UserError
 from orchestrator.trt_cache import EngineBuildFailed
@@ -57,15 +57,38 @@ class GpuAssignment:
     host_uuids: list[str] = field(default_factory=list)  # GPUs the container may use
 
 
-def assign_device(spec: str, host_gpus: list[tuple[int, str, str]]) -> GpuAssignment:
-    """Pin a run to host GPUs by UUID; the container sees them as cuda:0.. (never `--gpus all`)."""
-    if spec == "cpu" or (spec == "auto" and not host_gpus):
+def assign_device(spec: str, host_gpus: list[tuple[int, str, str]], n: int = 1,
+                  pinned: Sequence[str] | None = None) -> GpuAssignment:
+    """Pin a run to host GPUs by UUID; the container sees them as cuda:0.. (never `--gpus all`).
+    `device: cuda:N` with a run spanning `n` GPUs takes GPUs N..N+n-1; `pinned` (the
+    parallel scheduler's choice) replaces that for a CUDA run."""
+    if spec == "cpu" or (spec == "auto" and not host_gpus and not pinned):
         return GpuAssignment("cpu")
+    if pinned:
+        return GpuAssignment("cuda:0", list(pinned))
     index = 0 if spec in ("auto", "cuda") else int(spec.split(":")[1])
-    if index >= len(host_gpus):
+    if index + n > len(host_gpus):
         seen = f"{len(host_gpus)} GPU(s)" if host_gpus else "no NVIDIA GPU"
-        raise ValueError(f"device: '{spec}' requested but this Docker host has {seen}; use device: auto or cpu")
-    return GpuAssignment("cuda:0", [host_gpus[index][1]])
+        wants = f"{n} GPUs from {spec}" if n > 1 else f"'{spec}'"
+        raise ValueError(f"device: {wants} requested but this Docker host has {seen}; use device: auto or cpu")
+    return GpuAssignment("cuda:0", [uuid for _, uuid, _ in host_gpus[index:index + n]])
+
+
+@dataclass
+class ContainerJob:
+    """One container to run to completion: what, where, and how long it may take."""
+
+    config: ExperimentConfig
+    run_dir: Path
+    name: str
+    timeout_s: float | None = None
+    on_tick: Callable[[float], None] | None = None
+    engine: Path | None = None  # a TensorRT-LLM engine directory to mount
+    task: str | None = None  # "build": build that engine instead of measuring
+    extra_env: dict[str, str] | None = None
+    stall_s: float | None = None
+    stop_grace_s: float = STOP_GRACE_S
+    gpus: Sequence[str] | None = None  # the parallel scheduler's GPUs for this run
 
 
 def _hf_hub_cache() -> Path:
@@ -233,10 +256,7 @@ class DockerRunner:
         if self.reaped:
             notify(f"removed {len(self.reaped)} orphaned container(s): {', '.join(self.reaped)}")
         for backend in sorted({e.config.backend for e in study.experiments}):
-            spec = spec_for(backend)
-            base = base_for(spec)
-            tag = image_tag(spec, base, self.client)
-            image = find_image(self.client, tag)
+            spec, base, tag, image = self._find_image(backend)
             if image is None:
                 if find_image(self.client, base) is None:
                     raise UserError(
@@ -253,18 +273,37 @@ class DockerRunner:
         if build:
             self.engines = build_engines(study.experiments, self, notify)
 
+    def _find_image(self, backend: str) -> tuple[Any, str, str, Any]:
+        """(image spec, base, content tag, the image under that tag or None)."""
+        spec = spec_for(backend)
+        base = base_for(spec)
+        tag = image_tag(spec, base, self.client)
+        return spec, base, tag, find_image(self.client, tag)
+
+    def _image(self, backend: str) -> ImageInfo:
+        """The backend's image; without `prepare` (a Slurm task on a node) the one already
+        there under its content tag: a node never builds one behind the study's back."""
+        if backend not in self.images:
+            spec, base, tag, image = self._find_image(backend)
+            if image is None:
+                raise UserError(f"backend '{backend}': image {tag} is not on {platform.node()}; build it there "
+                                f"first with `{build_command(spec, base)}` (or `make images`)")
+            self.images[backend] = ImageInfo.of(image, tag)
+        return self.images[backend]
+
+    def _engine_material(self, config: ExperimentConfig) -> dict[str, Any]:
+        """The run's engine key material: from `prepare`, or (a Slurm task) worked out here."""
+        return self.engines.get(config.config_hash()) or material_for(config, gpu_for(self, config))
+
     # -- EngineHost: TensorRT-LLM engines are built in their own container
     def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
         try:
-            return assign_device(config.device, self.host_gpus).host_uuids
+            return assign_device(config.device, self.host_gpus, config.gpus_per_run).host_uuids
         except ValueError:
             return []
 
     def build_engine(self, config: ExperimentConfig, out_dir: Path) -> None:
-        code, _ = self._run_container(
-            config, out_dir, timeout_s=None, on_tick=None,
-            name=f"llem-engine-{out_dir.name}", task="build",
-        )
+        code, _ = self._run_container(ContainerJob(config, out_dir, f"llem-engine-{out_dir.name}", task="build"))
         if code != 0:
             raise EngineBuildFailed(
                 f"engine build exited {code}; last lines of {out_dir / contract.LOG_FILE}:\n"
@@ -280,37 +319,25 @@ class DockerRunner:
         extra_env: dict[str, str] | None = None,
         stall_s: float | None = None,
         stop_grace_s: float = STOP_GRACE_S,
+        gpus: Sequence[str] | None = None,
     ) -> RunOutcome:
+        job = ContainerJob(config, run_dir, _container_name(run_dir), timeout_s, on_tick, extra_env=extra_env,
+                           stall_s=stall_s, stop_grace_s=stop_grace_s, gpus=gpus)
         run_dir.mkdir(parents=True, exist_ok=True)
-        name = _container_name(run_dir)
-        limits = dict(extra_env=extra_env, stall_s=stall_s, stop_grace_s=stop_grace_s)
         if config.backend == "tensorrt":
-            with hold_engine(self.engines[config.config_hash()], config, self) as entry:
-                code, stop = self._run_container(config, run_dir, timeout_s, on_tick, name, engine=entry.path, **limits)
+            with hold_engine(self._engine_material(config), config, self) as entry:
+                job.engine = entry.path
+                code, stop = self._run_container(job)
         else:
-            code, stop = self._run_container(config, run_dir, timeout_s, on_tick, name, **limits)
+            code, stop = self._run_container(job)
         return read_outcome(run_dir, code, *((stop.reason, stop.kind) if stop else ()))
 
-    def _run_container(
-        self,
-        config: ExperimentConfig,
-        run_dir: Path,
-        timeout_s: float | None,
-        on_tick: Callable[[float], None] | None,
-        name: str,
-        engine: Path | None = None,
-        task: str | None = None,
-        extra_env: dict[str, str] | None = None,
-        stall_s: float | None = None,
-        stop_grace_s: float = STOP_GRACE_S,
-    ) -> tuple[int | None, Stop | None]:
+    def _run_container(self, job: ContainerJob) -> tuple[int | None, Stop | None]:
         """One container to completion: (exit code, why it failed if not by itself).
         Raises RunnerLost when the engine stops answering."""
         try:
-            return self._container_lifecycle(
-                config, run_dir, timeout_s, on_tick, name, engine, task, extra_env, stall_s, stop_grace_s
-            )
-        except (KeyboardInterrupt, RunnerLost):
+            return self._container_lifecycle(job)
+        except (KeyboardInterrupt, RunnerLost, UserError):
             raise
         except Exception as e:  # noqa: BLE001 - the SDK raises requests/urllib3/docker errors alike
             if _engine_lost(self.client):
@@ -320,24 +347,13 @@ class DockerRunner:
             # the engine is there but failed this container: a failure of this run only
             return None, Stop(failures.CRASHED, f"Docker failed the run's container ({type(e).__name__}: {e})")
 
-    def _container_lifecycle(
-        self,
-        config: ExperimentConfig,
-        run_dir: Path,
-        timeout_s: float | None,
-        on_tick: Callable[[float], None] | None,
-        name: str,
-        engine: Path | None,
-        task: str | None,
-        extra_env: dict[str, str] | None,
-        stall_s: float | None,
-        stop_grace_s: float,
-    ) -> tuple[int | None, Stop | None]:
+    def _container_lifecycle(self, job: ContainerJob) -> tuple[int | None, Stop | None]:
         import docker
 
+        config, run_dir, stop_grace_s = job.config, job.run_dir, job.stop_grace_s
         run_dir.mkdir(parents=True, exist_ok=True)
-        image = self.images[config.backend]
-        assignment = assign_device(config.device, self.host_gpus)
+        image = self._image(config.backend)
+        assignment = assign_device(config.device, self.host_gpus, config.gpus_per_run, pinned=job.gpus)
         labels = {
             f"{LABEL}.study": run_dir.parent.parent.name,
             f"{LABEL}.run_id": run_dir.name,
@@ -346,16 +362,16 @@ class DockerRunner:
             f"{LABEL}.owner_started": f"{psutil.Process().create_time():.2f}",
             f"{LABEL}.owner_host": platform.node(),
         }
-        self._remove_if_present(name)  # a leftover from an interrupted attempt
-        spec = container_spec(config, run_dir, image, assignment, name, labels)
-        spec["environment"].update(extra_env or {})
+        self._remove_if_present(job.name)  # a leftover from an interrupted attempt
+        spec = container_spec(config, run_dir, image, assignment, job.name, labels)
+        spec["environment"].update(job.extra_env or {})
         spec["environment"][contract.ENV_RUN_ID] = run_dir.name
         if os.environ.get(contract.ENV_TEST_FAULT):  # TEST HOOK (backends/harness/faults.py)
             spec["environment"][contract.ENV_TEST_FAULT] = os.environ[contract.ENV_TEST_FAULT]
-        if engine is not None:
-            spec["volumes"][str(engine)] = {"bind": ENGINE_IN_CONTAINER, "mode": "ro"}
+        if job.engine is not None:
+            spec["volumes"][str(job.engine)] = {"bind": ENGINE_IN_CONTAINER, "mode": "ro"}
             spec["environment"][contract.ENV_TRT_ENGINE_DIR] = ENGINE_IN_CONTAINER
-        if task == "build":  # the engine is written straight into the mounted directory
+        if job.task == "build":  # the engine is written straight into the mounted directory
             spec["entrypoint"] = ["python3", "-m", "backends.tensorrt", "build"]
             spec["environment"][contract.ENV_TRT_ENGINE_OUT] = RUN_DIR_IN_CONTAINER
             # Quantised builds calibrate on a dataset ModelOpt fetches from the Hub;
@@ -364,7 +380,7 @@ class DockerRunner:
             spec["environment"].pop("HF_HUB_OFFLINE", None)
         container = self.client.containers.create(**spec)
         log_thread: threading.Thread | None = None
-        guard = RunGuard(run_dir, timeout_s, stall_s)
+        guard = RunGuard(run_dir, job.timeout_s, job.stall_s)
         try:
             container.start()
             log_thread = threading.Thread(
@@ -383,8 +399,8 @@ class DockerRunner:
                             failures.OUT_OF_MEMORY, "out of memory: the container was OOM-killed "
                             f"({failures.describe_exit(state['ExitCode'])})")
                     return state["ExitCode"], None
-                if on_tick:
-                    on_tick(time.monotonic() - guard.t0)
+                if job.on_tick:
+                    job.on_tick(time.monotonic() - guard.t0)
                 stop = guard.check()
                 if stop is not None:
                     container.stop(timeout=math.ceil(stop_grace_s))  # the API takes whole seconds

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from backends.devices import resolve_device
 from backends.harness.environment import tool_commit
 from backends.harness.gpu import cuda_uuids
 from orchestrator.collect import RunOutcome, log_tail, read_outcome
-from orchestrator.engines import build_engines, hold_engine
+from orchestrator.engines import build_engines, gpu_for, hold_engine, material_for
 from orchestrator.trt_cache import EngineBuildFailed
 from orchestrator.runners.base import register_runner
 from orchestrator.watchdog import RunGuard, Stop
@@ -87,11 +87,18 @@ class LocalRunner:
         extra_env: dict[str, str] | None = None,
         stall_s: float | None = None,
         stop_grace_s: float = KILL_GRACE_S,
+        gpus: Sequence[str] | None = None,
     ) -> RunOutcome:
         env = dict(extra_env or {})
+        if gpus:  # pinned by the parallel scheduler: only these GPUs exist for the run
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            if config.device != "cpu":
+                env[contract.ENV_DEVICE] = "cuda:0"
         limits = dict(stall_s=stall_s, stop_grace_s=stop_grace_s)
         if config.backend == "tensorrt":
-            with hold_engine(self.engines[config.config_hash()], config, self) as entry:
+            # engine key material from `prepare`; a Slurm task (no prepare) works it out here
+            material = self.engines.get(config.config_hash()) or material_for(config, gpu_for(self, config))
+            with hold_engine(material, config, self) as entry:
                 env[contract.ENV_TRT_ENGINE_DIR] = str(entry.path)
                 code, stop = self._run_process(config, run_dir, timeout_s, on_tick, extra_env=env, **limits)
         else:

@@ -15,7 +15,7 @@ from typing import Any
 from backends.config import ExperimentConfig
 from backends.devices import resolve_device
 from orchestrator.collect import RunOutcome
-from orchestrator.errors import UserError
+from orchestrator.errors import NothingStarted, UserError
 from orchestrator.runners.base import register_runner
 from orchestrator.slurm.commands import partition_names
 from orchestrator.slurm.settings import SlurmSettings, resolve_settings
@@ -71,19 +71,24 @@ class SlurmRunner:
                 extra_env: dict[str, str] | None = None) -> RunOutcome:
         raise UserError("the slurm runner runs a whole plan as a job array, not one run at a time")
 
-    def run_whole(self, manifest: Any, run_ids: list[str], notify: Notify, detach: bool = False) -> Any:
+    def run_whole(self, manifest: Any, run_ids: list[str], notify: Notify, detach: bool = False,
+                  policy: Any = None) -> Any:
         """Submit `run_ids` (in this order) as one array and, unless `detach`, follow it to the
-        end: the loop's result (runs failed, why it stopped), or None when detached."""
+        end: the loop's result (runs failed, why it stopped), or None when detached. The
+        array is submitted whole, so `policy` (--fail-fast, max_consecutive_failures) does
+        not apply: Slurm runs the tasks independently."""
         from orchestrator.execute import LoopResult
         from orchestrator.slurm.follow import poll
 
+        if policy is not None and policy.fail_fast:
+            notify("--fail-fast does not apply to the Slurm runner: the array's tasks run independently")
         if manifest.data.get("slurm", {}).get("submissions") and not poll(manifest):
             raise UserError(f"{manifest.study_dir}: runs of this study are still queued or running in Slurm; "
                             f"wait for them (`llem collect {manifest.study_dir}`) or scancel them first")
         try:
             submit(manifest, run_ids, self.settings, notify)
         except UserError as e:
-            raise UserError(f"{e}\n(nothing was submitted; {manifest.study_dir} holds the plan only)") from None
+            raise NothingStarted(f"{e}\n(nothing was submitted)") from None
         if detach:
             notify(f"detached: follow with `llem status {manifest.study_dir}`, "
                    f"finish with `llem collect {manifest.study_dir}`")

@@ -21,6 +21,8 @@ from typing import Any
 
 from backends.atomic import write_json_atomic
 from backends.config import ExperimentConfig
+from orchestrator import failures
+from orchestrator.errors import UserError
 from orchestrator.manifest import Manifest
 from orchestrator.slurm.gpus import NvmlInventory, allocated_uuids
 
@@ -98,8 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         ex = manifest.data.get("execution", {})
         limits = {k: v for k, v in (("stall_s", ex.get("stall_timeout_s")), ("stop_grace_s", ex.get("stop_grace_s")))
                   if v is not None}
-        outcome = _runner(args.execute, args.sif).execute(
-            config, args.study_dir / run["run_dir"], None, **limits)  # Slurm enforces the time limit
+        run_dir = args.study_dir / run["run_dir"]
+        try:
+            outcome = _runner(args.execute, args.sif).execute(config, run_dir, None, **limits)  # Slurm: time limit
+        except UserError as e:  # this node can't run it (e.g. the image is not here): the run fails, saying why
+            print(f"llem task: {e}", file=sys.stderr, flush=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            failures.write_error_file(run_dir, failures.INFRASTRUCTURE, str(e), 2,
+                                      manifest.experiment(run["experiment_index"]).get("id"),
+                                      record["started_at"], utc_now())
+            record.update(state="failed", exit_code=2, error=str(e))
+            return 2
         code = 0 if outcome.state == "done" else (outcome.exit_code or 1)
         record.update(state=outcome.state, exit_code=outcome.exit_code, error=outcome.error)
         return code
