@@ -11,6 +11,10 @@ Measured from one `llem run --runner slurm` (a subprocess, as a user runs it):
   breakdown    first task start after submission; mean gap between a task ending
                and the next starting on the freed CPU (Slurm's scheduler); last task
                end -> process exit (following + runs.parquet, summary, report)
+  bare Slurm   the same cluster running a plain array of `sleep` tasks (no llem) with
+               the same width: Slurm's own gap between a task ending and the next
+               starting. llem's own overhead = total - runs' time - that gap for each
+               task start that waited for a freed slot.
 Targets (issue 8): submission < 2 s; overhead < 10 % of runs' time.
 
     python benchmarks/slurm_overhead.py [--runs 100] [--poll 1]
@@ -37,6 +41,42 @@ from tests.slurm_cluster import SlurmCluster, unavailable_reason  # noqa: E402
 
 def _t(s: str) -> float:
     return datetime.fromisoformat(s).timestamp()
+
+
+def _peak(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    peak = cur = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def _gaps(spans: list[tuple[float, float]], peak: int) -> list[float]:
+    """A slot frees at each end; the start that follows it waited for the scheduler."""
+    ends = sorted(b for _, b in spans)
+    starts = sorted(a for a, _ in spans)
+    return [min((s for s in starts if s >= e), default=e) - e for e in ends[: len(ends) - peak]]
+
+
+def bare_slurm_gap(root: Path, env: dict[str, str], tasks: int = 20, sleep_s: float = 2.0) -> float:
+    """Mean gap between a task ending and the next starting for an array of plain `sleep`
+    tasks (no llem at all): the cluster's own dispatch latency."""
+    d = root / "bare"
+    d.mkdir()
+    script = d / "bare.sh"
+    script.write_text(f"#!/bin/bash\ndate +%s.%N > {d}/start_$SLURM_ARRAY_TASK_ID\nsleep {sleep_s}\n"
+                      f"date +%s.%N > {d}/end_$SLURM_ARRAY_TASK_ID\n")
+    subprocess.run(["sbatch", "--parsable", f"--array=0-{tasks - 1}", "--cpus-per-task=1", f"--output={d}/%a.out",
+                    str(script)], env=env, check=True, capture_output=True)
+    deadline = time.time() + 60 + tasks * sleep_s * 2
+    while len(list(d.glob("end_*"))) < tasks:
+        if time.time() > deadline:
+            sys.exit("the bare Slurm array did not finish")
+        time.sleep(0.2)
+    time.sleep(0.3)  # the last end file is complete
+    spans = [(float((d / f"start_{i}").read_text()), float((d / f"end_{i}").read_text())) for i in range(tasks)]
+    return statistics.mean(_gaps(spans, _peak(spans)))
 
 
 def main() -> None:
@@ -87,17 +127,14 @@ slurm: {{time_limit: "10:00", poll_interval_s: {args.poll}}}
         records = [json.loads(p.read_text()) for p in (study_dir / "slurm" / "tasks").glob("*.json")]
         spans = sorted((_t(r["started_at"]), _t(r["finished_at"])) for r in records)
         durations = [b - a for a, b in spans]
-        events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
-        peak = cur = 0
-        for _, d in events:
-            cur += d
-            peak = max(peak, cur)
+        peak = _peak(spans)
         runs_time = sum(durations) / peak
         total = t_end - t0
         ends = sorted(b for _, b in spans)
-        starts = sorted(a for a, _ in spans)
-        # a slot frees at each end; the start that follows it waited for the scheduler
-        gaps = [min((s for s in starts if s >= e), default=e) - e for e in ends[: len(ends) - peak]]
+        gaps = _gaps(spans, peak)
+        bare = bare_slurm_gap(root, env)
+        slurm_own = bare * len(gaps) / peak  # wall time the cluster's own dispatch costs, spread over the slots
+        llem_own = total - runs_time - slurm_own
         result = {
             "runs": len(records),
             "done": sum(r["state"] == "done" for r in m["runs"]),
@@ -111,6 +148,10 @@ slurm: {{time_limit: "10:00", poll_interval_s: {args.poll}}}
             "overhead_fraction": round((total - runs_time) / runs_time, 3),
             "first_start_after_submit_s": round(spans[0][0] - (submitted_at or t0), 2),
             "mean_sched_gap_s": round(statistics.mean(gaps), 2) if gaps else None,
+            "bare_slurm_gap_s": round(bare, 2),
+            "slurm_dispatch_s": round(slurm_own, 1),
+            "llem_overhead_s": round(llem_own, 1),
+            "llem_overhead_fraction": round(llem_own / runs_time, 3),
             "last_end_to_exit_s": round(t_end - ends[-1], 2),
             "poll_interval_s": args.poll,
         }

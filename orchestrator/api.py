@@ -23,6 +23,7 @@ from orchestrator import resume as resuming
 from orchestrator.analysis import load_user_config, merged_costs
 from orchestrator.display import Progress, console, print_plan, print_summary
 from orchestrator.engines import gpu_for, plan_engines, trtllm_version
+from orchestrator.concurrency import concurrency_note
 from orchestrator.errors import NothingStarted, UserError
 from orchestrator.execute import Policy, resume_hint, run_plan
 from orchestrator.images import image_status
@@ -273,10 +274,9 @@ def _run(
     except OSError as e:  # disk full: the run directories are the record; `llem results` recomputes it
         notify(f"summary.parquet not written ({e.strerror or e}); `llem results {manifest.study_dir}` recomputes it")
     print_summary(out, analysed.summary, energy_reason(analysed.runs), reference=analysed.reference_index)
-    if getattr(the_runner, "remote", False):
-        from orchestrator.slurm.collect import concurrency_note
-
-        notify(concurrency_note(manifest))
+    note = concurrency_note(manifest)
+    if note:
+        notify(f"note: {note}")
     _write_report(analysed, notify)
     counts = manifest.counts()
     out.print(f"{counts['done']} of {len(plan)} runs done, {counts['failed']} failed"

@@ -16,6 +16,7 @@ from backends.config import BACKENDS
 from backends.contract import TIMESERIES_FILE
 from orchestrator import charts
 from orchestrator.stats import is_missing
+from orchestrator.concurrency import concurrency_note
 from orchestrator.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from orchestrator.display import ratio_text, with_ci
 from orchestrator.errors import UserError
@@ -249,6 +250,7 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "counts": runs["status"].value_counts().to_dict(),
         "n_cycles": m.get("execution", {}).get("n_cycles"),
         "order": m.get("execution", {}).get("order"),
+        "concurrency": concurrency_note(results.manifest),
         "reference": ref.iloc[0]["label"] if len(ref) else None,
         "headlines": headlines(summary, runs, keys, no_energy) if keys else [],
         "energy_reason": no_energy,

@@ -49,6 +49,15 @@ def test_runs_overlap_on_disjoint_gpus(tmp_path, tiny_model):
     overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
     assert overlapping, "no two runs ran at the same time"
     assert all(a[2] != b[2] for a, b in overlapping), "two runs at once on one GPU"
+    # the printed summary and the report say the runs overlapped
+    from orchestrator.concurrency import concurrency_note
+    from orchestrator.report import render_report
+    from orchestrator.study_results import open_study
+
+    assert "runs executed concurrently on this host's GPUs (up to 2 at once" in concurrency_note(manifest)
+    (tmp_path / "s" / "p.yaml").write_text(STUDY)
+    html = render_report(open_study(tmp_path / "s"))
+    assert "Runs executed concurrently on this host&#39;s GPUs (up to 2 at once" in html
 
 
 def test_no_gpus_or_one_slot_keeps_the_plain_runner(tmp_path):

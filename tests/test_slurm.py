@@ -41,11 +41,19 @@ def _manifest(study_dir: Path) -> dict:
     return json.loads((study_dir / "manifest.json").read_text())
 
 
-def test_two_by_two_study_runs_as_one_array(tmp_path, tiny_model, slurm_cluster):
-    f = write(tmp_path / "s.yaml", TWO_BY_TWO)
-    r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "slurm"))
+@pytest.fixture(scope="module")
+def waited_2x2(tmp_path_factory, tiny_model, slurm_cluster):
+    """The 2x2 study run through `--runner slurm`, waiting for it: (study file, result, study dir)."""
+    tmp = tmp_path_factory.mktemp("slurm-2x2")
+    f = write(tmp / "s.yaml", TWO_BY_TWO)
+    r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp / "slurm"))
     assert r.returncode == 0, r.stdout + r.stderr
-    (study_dir,) = (tmp_path / "slurm").iterdir()
+    (study_dir,) = (tmp / "slurm").iterdir()
+    return f, r, study_dir
+
+
+def test_two_by_two_study_runs_as_one_array(tmp_path, waited_2x2):
+    f, r, study_dir = waited_2x2
     m = _manifest(study_dir)
     subs = m["slurm"]["submissions"]
     assert len(subs) == 1 and r.stdout.count("submitted 4 run(s) as Slurm array") == 1
@@ -73,8 +81,8 @@ def test_two_by_two_study_runs_as_one_array(tmp_path, tiny_model, slurm_cluster)
         f"slurm.{k}" for k in ("job_id", "array_task_id", "state", "node", "gpu_uuids")}
 
 
-def test_detach_then_status_and_collect_give_the_same_directory(tmp_path, tiny_model, slurm_cluster):
-    f = write(tmp_path / "s.yaml", TWO_BY_TWO)
+def test_detach_then_status_and_collect_give_the_same_directory(tmp_path, waited_2x2):
+    f, _, waited = waited_2x2
     r = llem("run", str(f), "--runner", "slurm", "--detach", "-o", str(tmp_path / "out"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "llem status" in r.stdout and "llem collect" in r.stdout
@@ -90,8 +98,6 @@ def test_detach_then_status_and_collect_give_the_same_directory(tmp_path, tiny_m
     s = llem("status", str(study_dir))
     assert "4 done, 0 failed, 0 running, 0 pending" in s.stdout
     # the same as waiting
-    r = llem("run", str(f), "--runner", "slurm", "-o", str(tmp_path / "waited"))
-    (waited,) = (tmp_path / "waited").iterdir()
     assert _shape(waited) == _shape(study_dir)
     assert list(pd.read_parquet(waited / "runs.parquet").columns) == list(pd.read_parquet(study_dir / "runs.parquet").columns)
 

@@ -154,3 +154,15 @@ def test_readme_slurm_settings_are_valid():
     block = re.search(r"## Slurm: a study as one job array.*?```yaml\n(.*?)```", readme, re.S).group(1)
     s = resolve_settings(yaml.safe_load(block)["slurm"], None, Path("README.md"))
     assert s.partition == "gpu" and s.gpus_per_run == 1 and s.max_concurrent == 4 and s.execute == "local"
+
+
+def test_apptainer_command_binds_the_run_rw_and_llem_dirs_ro(tmp_path, llem_dirs):
+    from backends.paths import cache_dir
+    from orchestrator.slurm.apptainer import ApptainerRunner
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    cmd = ApptainerRunner("/images/llem-pytorch.sif").command(["-m", "backends"], tmp_path / "run")
+    assert cmd[1:3] == ["exec", "--nv"] and cmd[5:] == ["/images/llem-pytorch.sif", "python", "-m", "backends"]
+    binds = cmd[cmd.index("--bind") + 1].split(",")
+    assert f"{(tmp_path / 'run').resolve()}:{(tmp_path / 'run').resolve()}:rw" in binds
+    assert f"{cache_dir().resolve()}:{cache_dir().resolve()}:ro" in binds

@@ -9,18 +9,11 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.manifest import MANIFEST_FILE, Manifest
-from orchestrator.slurm.follow import max_concurrent, poll
+from orchestrator.concurrency import concurrency_note
+from orchestrator.slurm.follow import poll
 from orchestrator.slurm.submit import follow_study, not_done, settings_of, submit
 
 Notify = Callable[[str], None]
-
-
-def concurrency_note(manifest: Manifest) -> str:
-    peak = max_concurrent(manifest)
-    if peak > 1:
-        return (f"note: runs executed concurrently on Slurm (up to {peak} at once, on the GPUs each was "
-                "allocated); each run's actual start is its started_at in manifest.json")
-    return "note: runs executed one at a time on Slurm; each run's actual start is its started_at in manifest.json"
 
 
 def open_slurm_study(study_dir: Path) -> Manifest:
@@ -76,7 +69,7 @@ def finish(manifest: Manifest, notify: Notify) -> None:
     analysed = open_study(manifest.study_dir)
     write_summary(analysed.summary, manifest.study_dir)
     print_summary(console(), analysed.summary, energy_reason(analysed.runs), reference=analysed.reference_index)
-    notify(concurrency_note(manifest))
+    notify(f"note: {concurrency_note(manifest)}")
     _write_report(analysed, notify)
     c = manifest.counts()
     notify(f"{c['done']} of {len(manifest.data['runs'])} runs done, {c['failed']} failed: {manifest.study_dir}")

@@ -132,16 +132,3 @@ def cancel_open(manifest: Manifest, why: str) -> None:
         if r["state"] in ("pending", "running"):
             r.update(state="failed", finished_at=utc_now(), error=why)
     manifest.save()
-
-
-def max_concurrent(manifest: Manifest) -> int:
-    """How many runs were running at the same time at most (from start/finish times)."""
-    events = []
-    for r in manifest.data["runs"]:
-        if r.get("slurm") and r.get("started_at") and r.get("finished_at"):
-            events += [(r["started_at"], 1), (r["finished_at"], -1)]
-    peak = cur = 0
-    for _, d in sorted(events, key=lambda e: (e[0], e[1])):
-        cur += d
-        peak = max(peak, cur)
-    return peak

@@ -21,7 +21,6 @@ from typing import Any
 
 from backends.atomic import write_json_atomic
 from backends.config import ExperimentConfig
-from orchestrator import failures
 from orchestrator.errors import UserError
 from orchestrator.manifest import Manifest
 from orchestrator.slurm.gpus import NvmlInventory, allocated_uuids
@@ -104,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             outcome = _runner(args.execute, args.sif).execute(config, run_dir, None, **limits)  # Slurm: time limit
         except UserError as e:  # this node can't run it (e.g. the image is not here): the run fails, saying why
+            from orchestrator import failures  # (imported here: it pulls in numpy, and every task pays its imports)
+
             print(f"llem task: {e}", file=sys.stderr, flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             failures.write_error_file(run_dir, failures.INFRASTRUCTURE, str(e), 2,
