@@ -18,6 +18,7 @@ Measured from one `llem run --runner slurm` (a subprocess, as a user runs it):
 Targets (issue 8): submission < 2 s; overhead < 10 % of runs' time.
 
     python benchmarks/slurm_overhead.py [--runs 100] [--poll 1]
+    python benchmarks/slurm_overhead.py --submit-only   # `llem run --detach` wall time, then scancel
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100, help="plan size (10 configurations x runs/10 cycles)")
     ap.add_argument("--poll", type=float, default=1.0, help="slurm.poll_interval_s")
+    ap.add_argument("--submit-only", action="store_true",
+                    help="time `llem run --detach` (process start to exit, i.e. submission) 5 times, cancel the arrays")
     args = ap.parse_args()
     reason = unavailable_reason()
     if reason:
@@ -106,6 +109,20 @@ slurm: {{time_limit: "10:00", poll_interval_s: {args.poll}}}
         # build the tiny model once, outside the measurement
         subprocess.run([sys.executable, "-c", "from backends.models import ensure_builtin; "
                         "ensure_builtin('llem/tiny-llama')"], check=True, env=env, cwd=REPO)
+        if args.submit_only:
+            times = []
+            for i in range(5):
+                t0 = time.time()
+                p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(study), "--runner", "slurm",
+                                    "--detach", "-o", str(root / f"detached-{i}")], cwd=REPO, env=env,
+                                   capture_output=True, text=True)
+                times.append(time.time() - t0)
+                if p.returncode != 0:
+                    sys.exit(p.stdout + p.stderr)
+                subprocess.run(["scancel", "--name", "llem-slurm-overhead"], env=env)
+            print(json.dumps({"runs": args.runs, "detached_submission_s": [round(t, 2) for t in times],
+                              "median_s": round(statistics.median(times), 2)}, indent=2))
+            return
         out = root / "results"
         t0 = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(study), "--runner", "slurm",

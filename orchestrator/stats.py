@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
-from scipy import stats as _st
 
 
 def is_missing(v: object) -> bool:
@@ -40,6 +39,8 @@ def _clean(values: Iterable[float | None]) -> list[float]:
 
 
 def _t(df: float) -> float:
+    from scipy import stats as _st  # here: scipy.stats costs ~1 s to import, and most commands never need it
+
     return float(_st.t.ppf(0.5 + LEVEL / 2, df))
 
 

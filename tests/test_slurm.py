@@ -267,3 +267,34 @@ def test_a_node_without_the_image_fails_the_run_saying_so(docker_image):
 
     with pytest.raises(UserError, match=r"image llem-vllm:\S+ is not on .*; build it there first"):
         DockerRunner()._image("vllm")  # what a task sees on a node where the vLLM image was never built
+
+
+def test_a_node_failure_is_recorded_as_node_fail(tmp_path, tiny_model, slurm_cluster):
+    """The node goes DOWN under a running run (`scontrol update ... State=DOWN`, what slurmctld
+    does when a node stops answering): with --no-requeue the run ends NODE_FAIL, not re-run."""
+    f = write(tmp_path / "s.yaml", TINY + """\
+name: slurm-node-fail
+execution: {n_cycles: 1}
+slurm: {time_limit: "10:00", poll_interval_s: 0.5}
+""")
+    r = llem("run", str(f), "--runner", "slurm", "--detach", "-o", str(tmp_path / "out"),
+             env={"LLEM_TEST_FAULT": "*:sleep=300"})  # the harness's test hook: the run idles once started
+    assert r.returncode == 0, r.stdout + r.stderr
+    (study_dir,) = (tmp_path / "out").iterdir()
+    deadline = time.time() + 120
+    while "e01-c1     running" not in (s := llem("status", str(study_dir))).stdout:
+        assert time.time() < deadline, s.stdout + s.stderr
+        time.sleep(1)
+    subprocess.run(["scontrol", "update", "NodeName=localhost", "State=DOWN", "Reason=llem-test"], check=True)
+    try:
+        c = llem("collect", str(study_dir), timeout=120)
+    finally:  # back in service for the next test (slurmd re-registering may already have done it)
+        subprocess.run(["scontrol", "update", "NodeName=localhost", "State=RESUME"], capture_output=True)
+        deadline = time.time() + 60
+        while subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() != "idle":
+            assert time.time() < deadline, "the node did not come back"
+            time.sleep(0.5)
+    assert c.returncode == 1, c.stdout + c.stderr
+    (run,) = _manifest(study_dir)["runs"]
+    assert run["state"] == "failed" and run["slurm"]["state"] == "NODE_FAIL", run
+    assert "its node localhost failed" in run["error"]

@@ -54,7 +54,7 @@ def test_script_is_readable_and_complete(tmp_path):
     text = render(s, tmp_path / "study", "sweep", ["e01-c1", "e02-c1", "e01-c2"], 1)
     for line in ("#SBATCH --array=0-2%4", "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --qos=high",
                  "#SBATCH --time=2:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64G",
-                 "#SBATCH --constraint=a100", "  e01-c1\n  e02-c1\n  e01-c2\n",
+                 "#SBATCH --constraint=a100", "#SBATCH --no-requeue", "  e01-c1\n  e02-c1\n  e01-c2\n",
                  "/opt/venv/bin/python -m orchestrator.slurm.task"):
         assert line in text, line
     assert "--gpus=2" in render(s.model_copy(update={"gpu_option": "gpus"}), tmp_path, "x", ["a"], 1)

@@ -26,6 +26,9 @@ def sbatch_options(s: SlurmSettings, name: str, n_tasks: int, logs: Path) -> lis
         "--nodes=1",
         "--ntasks=1",
         f"--cpus-per-task={s.cpus_per_run}",
+        # a run Slurm restarts by itself (node failure, preemption) would measure twice into one
+        # run directory: it ends NODE_FAIL/PREEMPTED instead, and `--resume --retry-failed` reruns it
+        "--no-requeue",
     ]
     if s.partition:
         opts.append(f"--partition={s.partition}")
