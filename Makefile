@@ -13,7 +13,7 @@ STUDY_PATH := $(if $(wildcard $(STUDY)),$(STUDY),studies/$(STUDY))
 
 .PHONY: setup study dry-run test doctor images docker-base clean
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml setup.py requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .

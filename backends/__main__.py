@@ -1,10 +1,10 @@
 import sys
 
-from backends.harness import faults, parent_watch
+from llenergymeasure.backends.harness import faults, parent_watch
 
 parent_watch.start()  # first: a run must never outlive the local orchestrator
 faults.inject("start")  # TEST HOOK: a no-op unless LLEM_TEST_FAULT is set
 
-from backends.harness.entrypoint import main  # noqa: E402  (imports torch: after the cheap checks)
+from llenergymeasure.backends.harness.entrypoint import main  # noqa: E402  (imports torch: after the cheap checks)
 
 sys.exit(main())

@@ -34,7 +34,7 @@ TIMESERIES_FILE = "timeseries.parquet"
 LOG_FILE = "run.log"
 HEARTBEAT_FILE = "heartbeat"  # touched as the run makes progress (the host's no-progress watchdog reads it)
 
-# Exit codes of `python -m backends`.
+# Exit codes of `python -m llenergymeasure.backends`.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from backends import contract
+from llenergymeasure.backends import contract
 
 
 def _no_nvidia_driver() -> bool:

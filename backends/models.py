@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from backends.paths import cache_dir, repo_data_dir
+from llenergymeasure.backends.paths import cache_dir, repo_data_dir
 
 
 class ModelNotFound(Exception):

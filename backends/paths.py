@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from backends import contract
+from llenergymeasure.backends import contract
 
 
 def cache_dir() -> Path:

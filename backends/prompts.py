@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from backends.paths import data_dir, repo_data_dir
+from llenergymeasure.backends.paths import data_dir, repo_data_dir
 
 BUILTIN_DATASETS = ("synthetic", "aienergyscore")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from backends.config import ExperimentConfig
+from llenergymeasure.backends.config import ExperimentConfig
 
 
 @dataclass
@@ -67,9 +67,9 @@ BackendFactory = Callable[[ExperimentConfig], Backend]
 # backend name -> module that registers it (imported lazily: vLLM and TensorRT-LLM
 # are heavy and exist only in their own images).
 _ADAPTER_MODULES: dict[str, str] = {
-    "pytorch": "backends.pytorch",
-    "vllm": "backends.vllm",
-    "tensorrt": "backends.tensorrt",
+    "pytorch": "llenergymeasure.backends.pytorch.backend",
+    "vllm": "llenergymeasure.backends.vllm.backend",
+    "tensorrt": "llenergymeasure.backends.tensorrt.backend",
 }
 _FACTORIES: dict[str, BackendFactory] = {}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from backends.contract import SECRET_ENV_VARS
+from llenergymeasure.backends.contract import SECRET_ENV_VARS
 
 MIN_SECRET_LEN = 6  # shorter values would redact ordinary words
 

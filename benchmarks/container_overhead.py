@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.runners import get_runner
-from orchestrator.study import load_study
+from llenergymeasure.orchestrator.execution.runners import get_runner
+from llenergymeasure.orchestrator.study.load import load_study
 
 STUDY = """
 model: llem/tiny-llama

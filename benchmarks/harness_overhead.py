@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from backends.config import ExperimentConfig
+from llenergymeasure.backends.config import ExperimentConfig
 from stats import bootstrap_ci  # benchmarks/stats.py (scripts run from their folder)
-from backends.harness.protocol import run_experiment
-from backends.prompts import load_prompts
-from backends.pytorch import PyTorchBackend, _TimestampStreamer
+from llenergymeasure.backends.harness.protocol import run_experiment
+from llenergymeasure.backends.prompts import load_prompts
+from llenergymeasure.backends.pytorch.backend import PyTorchBackend, _TimestampStreamer
 
 
 def bare_tokens_per_s(backend: PyTorchBackend, prepared: list) -> float:

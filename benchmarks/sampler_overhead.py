@@ -11,11 +11,11 @@ import argparse
 import statistics
 import time
 
-from backends.config import ExperimentConfig
+from llenergymeasure.backends.config import ExperimentConfig
 from stats import bootstrap_ci  # benchmarks/stats.py (scripts run from their folder)
-from backends.harness.sampler import Sampler
-from backends.prompts import load_prompts
-from backends.pytorch import PyTorchBackend
+from llenergymeasure.backends.harness.sampler import Sampler
+from llenergymeasure.backends.prompts import load_prompts
+from llenergymeasure.backends.pytorch.backend import PyTorchBackend
 
 
 def tokens_per_s(backend: PyTorchBackend, prepared: list) -> float:

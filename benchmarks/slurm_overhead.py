@@ -1,5 +1,5 @@
 """Slurm runner overhead: a 100-run plan of trivial tiny-model runs on a real
-single-node Slurm cluster (tests/slurm_cluster.py, Debian's slurm-wlm + munge).
+single-node Slurm cluster (tests/support/slurm_cluster.py, Debian's slurm-wlm + munge).
 
 Measured from one `llem run --runner slurm` (a subprocess, as a user runs it):
   submission   process start -> "submitted" printed (import, study load, preflight,
@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.slurm_cluster import SlurmCluster, unavailable_reason  # noqa: E402
+from tests.support.slurm_cluster import SlurmCluster, unavailable_reason  # noqa: E402
 
 
 def _t(s: str) -> float:
@@ -107,13 +107,13 @@ execution: {{n_cycles: {max(1, args.runs // 10)}, order: interleaved}}
 slurm: {{time_limit: "10:00", poll_interval_s: {args.poll}}}
 """)
         # build the tiny model once, outside the measurement
-        subprocess.run([sys.executable, "-c", "from backends.models import ensure_builtin; "
+        subprocess.run([sys.executable, "-c", "from llenergymeasure.backends.models import ensure_builtin; "
                         "ensure_builtin('llem/tiny-llama')"], check=True, env=env, cwd=REPO)
         if args.submit_only:
             times = []
             for i in range(5):
                 t0 = time.time()
-                p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(study), "--runner", "slurm",
+                p = subprocess.run([sys.executable, "-m", "llenergymeasure.orchestrator.cli", "run", str(study), "--runner", "slurm",
                                     "--detach", "-o", str(root / f"detached-{i}")], cwd=REPO, env=env,
                                    capture_output=True, text=True)
                 times.append(time.time() - t0)
@@ -125,7 +125,7 @@ slurm: {{time_limit: "10:00", poll_interval_s: {args.poll}}}
             return
         out = root / "results"
         t0 = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(study), "--runner", "slurm",
+        proc = subprocess.Popen([sys.executable, "-m", "llenergymeasure.orchestrator.cli", "run", str(study), "--runner", "slurm",
                                  "-o", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         submitted_at = None

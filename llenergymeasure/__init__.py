@@ -10,16 +10,45 @@
     table, notes = llem.compare(study, llem.open_study("results/other"))  # `llem compare`
 
 Each function is the same code path as the `llem` command of the same name.
+
+The whole project installs under this one package: `llenergymeasure.orchestrator`
+(host side, the `orchestrator/` folder) and `llenergymeasure.backends` (run side,
+the `backends/` folder, the only part the images carry). Names here are imported on
+first use, so that a run process importing `llenergymeasure.backends` never pays for
+the host side (pandas, the docker SDK, ...).
 """
 
-from backends import __version__
-from backends.config import ExperimentConfig
-from orchestrator.api import StudyRun, run
-from orchestrator.compare import compare
-from orchestrator.errors import UserError
-from orchestrator.report import write_report
-from orchestrator.study import load_study
-from orchestrator.study_results import StudyResults, open_study
+from __future__ import annotations
 
-__all__ = ["ExperimentConfig", "StudyResults", "StudyRun", "UserError", "__version__", "compare", "load_study",
-           "open_study", "run", "write_report"]
+import importlib
+from typing import Any
+
+from llenergymeasure.backends import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ExperimentConfig": "llenergymeasure.backends.config",
+    "RunOptions": "llenergymeasure.orchestrator.api",
+    "StudyRun": "llenergymeasure.orchestrator.api",
+    "run": "llenergymeasure.orchestrator.api",
+    "compare": "llenergymeasure.orchestrator.analysis.compare",
+    "UserError": "llenergymeasure.orchestrator.errors",
+    "write_report": "llenergymeasure.orchestrator.analysis.report",
+    "load_study": "llenergymeasure.orchestrator.study.load",
+    "StudyResults": "llenergymeasure.orchestrator.analysis.results",
+    "open_study": "llenergymeasure.orchestrator.analysis.results",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llenergymeasure' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

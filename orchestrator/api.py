@@ -1,10 +1,10 @@
 """`run()`: the one code path behind `llem run` and `llenergymeasure.run()`.
 
 study file -> validated experiments -> preflight -> run plan -> device locks ->
-one run per (experiment, cycle) through a runner (orchestrator/execute.py) ->
+one run per (experiment, cycle) through a runner (orchestrator/execution/loop.py) ->
 manifest + runs.parquet -> summary. Nothing is created on disk until the whole
 study has validated and its devices are free. `resume=DIR` continues a study
-(orchestrator/resume.py) through the same path.
+(orchestrator/execution/resume.py) through the same path.
 """
 
 from __future__ import annotations
@@ -19,28 +19,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import resume as resuming
-from orchestrator.analysis import load_user_config, merged_costs
-from orchestrator.display import Progress, console, print_plan, print_summary
-from orchestrator.engines import gpu_for, plan_engines, trtllm_version
-from orchestrator.concurrency import concurrency_note
-from orchestrator.errors import NothingStarted, UserError
-from orchestrator.execute import Policy, resume_hint, run_plan
-from orchestrator.images import image_status
-from orchestrator.publication_lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, pins, verify_lock, write_bundle
-from orchestrator.locks import DeviceLocks, FileLock, device_keys, lock_study_dir
-from orchestrator.manifest import Manifest
-from orchestrator.plan import PlannedRun, order_runs
-from orchestrator.preflight import Resolved, check_study
-from orchestrator.publication import check_energy, check_images, check_pins
-from orchestrator.parallel import parallel_runner
-from orchestrator.runners import Runner, select_runner
-from orchestrator.signals import sigterm_interrupts
-from orchestrator.size import confirm_run_count
-from orchestrator.study import Publication, Study, load_study
-from orchestrator.study_results import StudyResults, open_study
-from orchestrator.summary import energy_reason, write_summary
-from orchestrator.tables import write_runs_table
+from llenergymeasure.orchestrator.execution import resume as resuming
+from llenergymeasure.orchestrator.study.analysis_section import load_user_config, merged_costs
+from llenergymeasure.orchestrator.terminal import Progress, console, print_plan, print_summary
+from llenergymeasure.orchestrator.build.engines import gpu_for, plan_engines, trtllm_version
+from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
+from llenergymeasure.orchestrator.errors import NothingStarted, UserError
+from llenergymeasure.orchestrator.execution.loop import Policy, resume_hint, run_plan
+from llenergymeasure.orchestrator.build.images import image_status
+from llenergymeasure.orchestrator.publication.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, pins, verify_lock, write_bundle
+from llenergymeasure.orchestrator.execution.locks import DeviceLocks, FileLock, device_keys, lock_study_dir
+from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.study.plan import PlannedRun, order_runs
+from llenergymeasure.orchestrator.study.preflight import Resolved, check_study
+from llenergymeasure.orchestrator.publication.checks import check_energy, check_images, check_pins
+from llenergymeasure.orchestrator.execution.parallel import parallel_runner
+from llenergymeasure.orchestrator.execution.runners import Runner, select_runner
+from llenergymeasure.orchestrator.execution.signals import sigterm_interrupts
+from llenergymeasure.orchestrator.study.size import confirm_run_count
+from llenergymeasure.orchestrator.study.load import Publication, Study, load_study
+from llenergymeasure.orchestrator.analysis.results import StudyResults, open_study
+from llenergymeasure.orchestrator.analysis.summary import energy_reason, write_summary
+from llenergymeasure.orchestrator.analysis.tables import write_runs_table
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _new_study_dir(root: Path, name: str) -> Path:
 
 def _write_report(analysed: StudyResults, notify: Callable[[str], None]) -> None:
     """The report is a view of results already safe on disk: if it fails, say so and go on."""
-    from orchestrator.report import write_report
+    from llenergymeasure.orchestrator.analysis.report import write_report
 
     try:
         path = write_report(analysed)
@@ -89,7 +89,7 @@ def _write_report(analysed: StudyResults, notify: Callable[[str], None]) -> None
 
 
 def _devices(study: Study, runner: Runner, resolved: dict[int, Resolved]) -> list[str]:
-    """The devices the study's runs measure on, as lock names (orchestrator/locks.py)."""
+    """The devices the study's runs measure on, as lock names (orchestrator/execution/locks.py)."""
     keys: set[str] = set()
     if getattr(runner, "remote", False):  # Slurm: the runs measure on the nodes, not on this machine
         return []

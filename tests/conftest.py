@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_AIENERGYSCORE = REPO.parent / "shared" / "datasets" / "aienergyscore-text-generation.jsonl"
+from tests.support.helpers import LOCAL_BASE, REPO, SHARED_AIENERGYSCORE, docker_unavailable_reason, llem
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +28,7 @@ def llem_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(llem_dirs: dict[str, Path]) -> Path:
-    from backends.models import ensure_builtin
+    from llenergymeasure.backends.models import ensure_builtin
 
     return ensure_builtin("llem/tiny-llama")
 
@@ -39,46 +38,6 @@ def shared_aienergyscore() -> Path:
     if not SHARED_AIENERGYSCORE.exists():
         pytest.skip("../shared/datasets is not present on this machine")
     return SHARED_AIENERGYSCORE
-
-
-def llem(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
-         ) -> subprocess.CompletedProcess:
-    """Run the real `llem` CLI in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def wait_for_second_run(out: Path, timeout_s: float = 300) -> Path:
-    """The manifest of the study under `out`, once run 1 is done and run 2 running."""
-    import json
-    import time
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for m in out.glob("*/manifest.json"):
-            states = [x["state"] for x in json.loads(m.read_text())["runs"]]
-            if states[:2] == ["done", "running"]:
-                return m
-        time.sleep(0.2)
-    raise AssertionError("the second run never started")
-
-
-CPU_STUDY = """\
-name: cpu-three-cycles
-model: llem/tiny-llama
-backend: pytorch
-dataset: synthetic
-n_prompts: 8
-max_input_tokens: 32
-max_output_tokens: 8
-measurement: {min_window_s: 0.5, warmup_batches: 1}
-sweep:
-  pytorch.batch_size: [1, 4]
-execution: {n_cycles: 3, order: interleaved}
-"""
 
 
 @pytest.fixture(scope="session")
@@ -105,31 +64,6 @@ def cpu_study(batch_sweep) -> Path:
     return new[0]
 
 
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-LOCAL_BASE = os.environ.get("LLEM_TEST_DOCKER_BASE", "llem-base:bookworm-cpu")
-DOCKER_ENV = {"LLEM_BASE_IMAGE_PYTORCH": LOCAL_BASE}  # build and run on the local CPU base
-
-
-def docker_unavailable_reason() -> str | None:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=5)
-        client.ping()
-    except Exception as e:  # noqa: BLE001
-        return f"no Docker engine reachable ({type(e).__name__}); .ci/run starts one"
-    try:
-        client.images.get(LOCAL_BASE)
-    except Exception:  # noqa: BLE001
-        return f"base image {LOCAL_BASE} is missing; build it with images/base/build-local-base.sh"
-    return None
-
-
 @pytest.fixture(scope="session")
 def docker_image(tiny_model: Path) -> str:
     """The CPU PyTorch image, built (or found) from the local Debian base."""
@@ -140,7 +74,7 @@ def docker_image(tiny_model: Path) -> str:
     assert r.returncode == 0, r.stderr[-3000:]
     import docker
 
-    from orchestrator.images import IMAGES, image_tag
+    from llenergymeasure.orchestrator.build.images import IMAGES, image_tag
 
     return image_tag(IMAGES["pytorch"], LOCAL_BASE, docker.from_env())
 
@@ -148,7 +82,7 @@ def docker_image(tiny_model: Path) -> str:
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A real single-node Slurm cluster for the session; SLURM_CONF points at it."""
-    from tests.slurm_cluster import SlurmCluster, unavailable_reason
+    from tests.support.slurm_cluster import SlurmCluster, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -165,10 +99,10 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
-    """The fault-injection suite's totals (tests/faultkit.py), when it ran."""
+    """The fault-injection suite's totals (tests/support/faultkit.py), when it ran."""
     import sys as _sys
 
-    kit = _sys.modules.get("tests.faultkit")
+    kit = _sys.modules.get("tests.support.faultkit")
     if kit is None or not kit.TALLY:
         return
     t = kit.TALLY

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from backends.harness.gpu import CounterUnsupported, GpuDevice, GpuDiscovery
+from llenergymeasure.backends.harness.gpu import CounterUnsupported, GpuDevice, GpuDiscovery
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 GPU_PREFERENCES = ("auto", "nvml", "zeus")

@@ -1,4 +1,4 @@
-"""`python -m backends`: read the experiment from the environment, run it, write
+"""`python -m llenergymeasure.backends`: read the experiment from the environment, run it, write
 result.json (or error.json) into the run directory, exit with the outcome.
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backends import contract
-from backends.atomic import write_json_atomic
-from backends.config import ExperimentConfig
-from backends.secrets import redact
-from backends.harness.protocol import run_experiment, utc_now
-from backends.harness.result import RunError
+from llenergymeasure.backends import contract
+from llenergymeasure.backends.atomic import write_json_atomic
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.secrets import redact
+from llenergymeasure.backends.harness.protocol import run_experiment, utc_now
+from llenergymeasure.backends.harness.result import RunError
 
 
 class Terminated(BaseException):

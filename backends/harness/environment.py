@@ -14,12 +14,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from backends import __version__, contract
-from backends.harness.gpu import GpuDiscovery
+from llenergymeasure.backends import __version__, contract
+from llenergymeasure.backends.harness.gpu import GpuDiscovery
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "vllm", "tensorrt_llm",
              "bitsandbytes", "flash_attn", "nvidia-ml-py", "zeus")
-# the Slurm ones say which job, array task and node a run on a cluster was (see orchestrator/slurm/)
+# the Slurm ones say which job, array task and node a run on a cluster was (see orchestrator/execution/slurm/)
 _VISIBLE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME")
 

@@ -1,4 +1,4 @@
-"""TEST HOOK: inject a fault into a run, for the fault-injection suite (tests/test_faults*.py).
+"""TEST HOOK: inject a fault into a run, for the fault-injection suite (tests/execution/test_faults*.py).
 
 Read only from the LLEM_TEST_FAULT environment variable, which llem itself never
 sets; without it every function here is a no-op. Grammar (comma-separated):

@@ -1,4 +1,4 @@
-"""Progress signals for the host's no-progress watchdog (orchestrator/watchdog.py).
+"""Progress signals for the host's no-progress watchdog (orchestrator/execution/watchdog.py).
 
 The harness calls `beat(phase)` as it makes real progress (each protocol phase,
 each batch). It rewrites `heartbeat` in the run directory; the runner watches that
@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from backends import contract
+from llenergymeasure.backends import contract
 
 MIN_INTERVAL_S = 1.0  # at most one write a second, so beats inside the window cost nothing
 _last = {"t": 0.0, "phase": ""}

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
-from backends.harness.energy import EnergyReading
-from backends.harness.steady_state import SteadyState
-from backends.registry import RequestRecord
+from llenergymeasure.backends.harness.energy import EnergyReading
+from llenergymeasure.backends.harness.steady_state import SteadyState
+from llenergymeasure.backends.registry import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 

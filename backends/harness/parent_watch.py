@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 
-from backends import contract
+from llenergymeasure.backends import contract
 
 POLL_S = 0.5
 GRACE_S = 10.0

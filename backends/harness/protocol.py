@@ -16,22 +16,22 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from backends import contract
-from backends.config import ExperimentConfig, MeasurementConfig
-from backends.devices import run_device
-from backends.harness.energy import EnergyMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter
-from backends.harness.environment import snapshot
-from backends.harness import faults
-from backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
-from backends.harness.heartbeat import beat
-from backends.harness.metrics import compute_metrics
-from backends.harness.result import Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport
-from backends.harness.sampler import Sampler
-from backends.harness.stabilise import Stabilisation, wait_for_plateau
-from backends.harness.steady_state import steady_state_window
-from backends.harness.validity import gpu_window_warnings, window_warnings
-from backends.prompts import load_prompts
-from backends.registry import RequestRecord, create_backend
+from llenergymeasure.backends import contract
+from llenergymeasure.backends.config import ExperimentConfig, MeasurementConfig
+from llenergymeasure.backends.devices import run_device
+from llenergymeasure.backends.harness.energy import EnergyMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter
+from llenergymeasure.backends.harness.environment import snapshot
+from llenergymeasure.backends.harness import faults
+from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
+from llenergymeasure.backends.harness.heartbeat import beat
+from llenergymeasure.backends.harness.metrics import compute_metrics
+from llenergymeasure.backends.harness.result import Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport
+from llenergymeasure.backends.harness.sampler import Sampler
+from llenergymeasure.backends.harness.stabilise import Stabilisation, wait_for_plateau
+from llenergymeasure.backends.harness.steady_state import steady_state_window
+from llenergymeasure.backends.harness.validity import gpu_window_warnings, window_warnings
+from llenergymeasure.backends.prompts import load_prompts
+from llenergymeasure.backends.registry import RequestRecord, create_backend
 
 log = logging.getLogger("llem.harness")
 

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from backends.contract import SCHEMA_VERSION
-from backends.harness.metrics import Metrics
+from llenergymeasure.backends.contract import SCHEMA_VERSION
+from llenergymeasure.backends.harness.metrics import Metrics
 
 
 class _Strict(BaseModel):
@@ -100,7 +100,7 @@ class RunError(_Strict):
     traceback: str
     started_at: str | None
     finished_at: str
-    kind: str | None = None  # the host's classification (orchestrator/failures.py)
+    kind: str | None = None  # the host's classification (orchestrator/execution/failures.py)
     exit_code: int | None = None
     cause: str | None = None  # the harness's error, when the host stopped the run
     log_tail: str | None = None  # last lines of run.log

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from backends.harness.gpu import GpuDevice
+from llenergymeasure.backends.harness.gpu import GpuDevice
 
 
 def _joined(reasons: list[str] | None) -> str | None:
@@ -122,7 +122,7 @@ class Sampler:
 
         import pandas as pd
 
-        from backends.atomic import write_bytes_atomic
+        from llenergymeasure.backends.atomic import write_bytes_atomic
 
         buf = io.BytesIO()
         pd.DataFrame(self.rows).to_parquet(buf, index=False)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.config import MeasurementConfig
+from llenergymeasure.backends.config import MeasurementConfig
 
 Reading = tuple[float | None, float | None]  # (max temperature °C, total power W) over the run's GPUs
 

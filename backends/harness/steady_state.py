@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.registry import RequestRecord
+from llenergymeasure.backends.registry import RequestRecord
 
 
 @dataclass

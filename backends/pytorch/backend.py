@@ -1,0 +1,164 @@
+"""PyTorch backend: transformers `generate` over static, left-padded batches.
+
+Per-token timestamps come from a streamer: `generate` hands it every step's new
+tokens as a CPU tensor, so the device has already finished that step when the
+timestamp is taken (no extra synchronisation needed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# Imported with the adapter (before the model-load timer starts), so that
+# model_load_s measures loading, not library start-up.
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from llenergymeasure.backends.config import ExperimentConfig, PyTorchConfig
+from llenergymeasure.backends.devices import resolve_dtype, run_device
+from llenergymeasure.backends.harness.heartbeat import beat
+from llenergymeasure.backends.models import resolve_model
+from llenergymeasure.backends.registry import LoadedModel, RequestRecord, register_backend
+
+
+class _TimestampStreamer:
+    """Records when each row of the batch receives each output token."""
+
+    def __init__(self, n_rows: int, eos_id: int | None, stop_at_eos: bool) -> None:
+        self.times: list[list[float]] = [[] for _ in range(n_rows)]
+        self._done = [False] * n_rows
+        self._eos_id = eos_id
+        self._stop_at_eos = stop_at_eos
+        self._saw_prompt = False
+
+    def put(self, value: Any) -> None:
+        now = time.perf_counter()
+        if not self._saw_prompt:  # generate() first pushes the prompt itself
+            self._saw_prompt = True
+            return
+        tokens = value.reshape(-1).tolist()
+        for row, tok in enumerate(tokens):
+            if self._done[row]:
+                continue  # padding after this row's EOS
+            self.times[row].append(now)
+            if self._stop_at_eos and tok == self._eos_id:
+                self._done[row] = True
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class _Batch:
+    inputs: dict[str, Any]
+    input_tokens: list[int]
+
+
+@register_backend("pytorch")
+class PyTorchBackend:
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.section: PyTorchConfig = config.pytorch  # type: ignore[assignment]
+        self.device = "cpu"
+
+    def load(self) -> LoadedModel:
+        self.device = run_device(self.config.device)
+        dtype_name = resolve_dtype(self.section.dtype, self.device)
+        path = resolve_model(self.config.model, self.config.model_revision)
+
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
+        if self.section.attn_implementation != "auto":
+            kwargs["attn_implementation"] = self.section.attn_implementation
+        quantised = self.section.load_in_4bit or self.section.load_in_8bit
+        if quantised:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=self.section.load_in_4bit,
+                load_in_8bit=self.section.load_in_8bit,
+                bnb_4bit_compute_dtype=getattr(torch, dtype_name),
+            )
+            kwargs["device_map"] = {"": self.device}  # bitsandbytes places weights itself
+
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if not quantised:
+            model = model.to(self.device)
+        model.eval()
+        if self.section.torch_compile:
+            model.forward = torch.compile(model.forward)
+
+        n = self.config.max_output_tokens
+        sampling = self.config.sampling
+        decode: dict[str, Any] = {"do_sample": False}
+        if sampling.temperature > 0:
+            decode = {"do_sample": True, "temperature": sampling.temperature,
+                      "top_p": sampling.top_p, "top_k": sampling.top_k or None}
+        self.generation_config = GenerationConfig(
+            max_new_tokens=n,
+            min_new_tokens=n if self.config.ignore_eos else None,
+            **decode,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        )
+        self.tokenizer, self.model = tok, model
+        torch.manual_seed(self.config.seed)
+        return LoadedModel(
+            model_path=str(path),
+            n_parameters=sum(p.numel() for p in model.parameters()),
+            device=self.device,
+            dtype=dtype_name,
+            extra={
+                "attn_implementation": getattr(model.config, "_attn_implementation", None),
+                "torch_compile": self.section.torch_compile,
+            },
+        )
+
+    def prepare(self, prompts: list[str]) -> list[_Batch]:
+        bs = self.section.batch_size
+        batches = []
+        for i in range(0, len(prompts), bs):
+            enc = self.tokenizer(
+                prompts[i : i + bs],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_input_tokens,
+            )
+            batches.append(
+                _Batch(
+                    inputs={k: v.to(self.device) for k, v in enc.items()},
+                    input_tokens=enc["attention_mask"].sum(dim=1).tolist(),
+                )
+            )
+        return batches
+
+    def generate(self, prepared: list[_Batch], max_batches: int | None = None) -> list[RequestRecord]:
+        records: list[RequestRecord] = []
+        for batch in prepared[:max_batches]:
+            streamer = _TimestampStreamer(
+                len(batch.input_tokens),
+                self.tokenizer.eos_token_id,
+                stop_at_eos=not self.config.ignore_eos,
+            )
+            submitted = time.perf_counter()
+            with torch.inference_mode():
+                self.model.generate(
+                    **batch.inputs, generation_config=self.generation_config, streamer=streamer
+                )
+            records.extend(
+                RequestRecord(input_tokens=n_in, submitted_s=submitted, token_times_s=times)
+                for n_in, times in zip(batch.input_tokens, streamer.times)
+            )
+            beat()  # a long pass still shows progress to the watchdog
+        return records
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,383 @@
+"""vLLM backend: the offline V1 engine, every request submitted at once.
+
+Written against vLLM 0.31.0 (the pinned `vllm/vllm-openai:v0.31.0` image);
+tests/backends/test_pinned_apis_vllm.py checks every vLLM name used here against that
+release's source.
+
+The adapter builds `vllm.LLM` (which builds the V1 `LLMEngine`), then drives the
+engine's own step loop instead of `LLM.generate`, so that it sees every step's
+outputs: requests use `RequestOutputKind.DELTA`, so each `RequestOutput` that
+`LLMEngine.step()` returns carries only that request's new tokens, and each of
+them is stamped with `time.perf_counter()` when `step()` hands it to this
+process (tokens that arrive in the same step share the stamp). `step()` returns
+host-side token ids, so the stamp is taken after the device produced them.
+
+This module imports without vLLM installed (vLLM exists only in its image); the
+engine is reached through the small `VllmEngine` protocol, so the tests drive
+the adapter with a fake engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from llenergymeasure.backends.config import ExperimentConfig, VLLMConfig
+from llenergymeasure.backends.devices import run_device
+from llenergymeasure.backends.models import count_parameters, resolve_model
+from llenergymeasure.backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend
+
+log = logging.getLogger("llem.vllm")
+
+# vllm/config/lora.py: MaxLoRARanks (the values `max_lora_rank` accepts).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LORA_NAME = "llem-adapter"
+LORA_INT_ID = 1  # LoRARequest ids must be >= 1
+
+
+class VllmEngine(Protocol):
+    """The part of vLLM's V1 `LLMEngine` (vllm/v1/engine/llm_engine.py) the adapter uses."""
+
+    def get_tokenizer(self) -> Any: ...
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Any,
+        params: Any,
+        arrival_time: float | None = None,
+        lora_request: Any = None,
+    ) -> str: ...
+
+    def step(self) -> list[Any]: ...
+
+    def has_unfinished_requests(self) -> bool: ...
+
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None: ...
+
+    def reset_prefix_cache(
+        self, reset_running_requests: bool = False, reset_connector: bool = False
+    ) -> bool: ...
+
+
+# -- pure mappings from the experiment config to vLLM arguments -------------------------
+
+# VLLMConfig fields that are vLLM's own `LLM(...)`/`EngineArgs` names, passed as they are
+# (None = leave vLLM's default).
+_PASS_THROUGH = tuple(VLLMConfig.model_fields)
+
+
+def lora_max_rank(adapter_dir: str | Path) -> int | None:
+    """The largest rank in a PEFT adapter's adapter_config.json (`r` and any
+    per-module `rank_pattern`), or None when the file is not there."""
+    cfg_file = Path(adapter_dir).expanduser() / "adapter_config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = json.loads(cfg_file.read_text())
+    ranks = [int(cfg.get("r") or 0)]
+    ranks += [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
+    return max(ranks) or None
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` value vLLM accepts that fits `rank`."""
+    for allowed in VLLM_MAX_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(
+        f"lora_adapter: rank {rank} exceeds vLLM 0.31's largest max_lora_rank "
+        f"({VLLM_MAX_LORA_RANKS[-1]})"
+    )
+
+
+def engine_kwargs(config: ExperimentConfig, model_path: str | Path) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM(...)` (its own parameters, the rest go on to
+    `EngineArgs`). Fields left None in the `vllm:` section are omitted, so vLLM's
+    defaults apply (and vLLM resolves them: see `LoadedModel.extra`)."""
+    section: VLLMConfig = config.vllm or VLLMConfig()
+    kwargs: dict[str, Any] = {"model": str(model_path)}
+    for name in _PASS_THROUGH:
+        value = getattr(section, name)
+        if value is not None:
+            kwargs[name] = value
+    kwargs["seed"] = config.seed
+    # Quiet: no periodic stats logging, no weight-loading progress bars in run.log.
+    kwargs["disable_log_stats"] = True
+    kwargs["use_tqdm_on_load"] = False
+    if config.lora_adapter:
+        kwargs["enable_lora"] = True
+        kwargs["max_loras"] = 1
+        rank = lora_max_rank(config.lora_adapter)
+        if rank is not None:
+            kwargs["max_lora_rank"] = vllm_lora_rank(rank)
+    return kwargs
+
+
+def sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams(...)`.
+
+    Fixed output length: `max_tokens` = `min_tokens` = max_output_tokens with
+    `ignore_eos` (when `config.ignore_eos`), else generation stops at EOS.
+    temperature 0 = greedy (vLLM then ignores top_p/top_k itself). No per-request
+    `seed`: vLLM seeds its samplers from the engine `seed` (engine_kwargs), and an
+    explicit per-request seed switches vLLM off its fused FlashInfer sampling
+    kernel onto a slower per-request path, which would change what is measured.
+    `output_kind` DELTA makes each step's output carry only the new tokens.
+    """
+    n = config.max_output_tokens
+    s = config.sampling
+    kwargs: dict[str, Any] = {"n": 1, "max_tokens": n, "temperature": s.temperature}
+    if config.ignore_eos:
+        kwargs.update(min_tokens=n, ignore_eos=True)
+    if s.temperature > 0:
+        kwargs.update(top_p=s.top_p, top_k=s.top_k)  # vLLM: top_k 0 = no top-k
+    kwargs["output_kind"] = "DELTA"  # a RequestOutputKind member name; see make_sampling_params
+    return kwargs
+
+
+def make_sampling_params(config: ExperimentConfig) -> Any:
+    """`vllm.SamplingParams` from sampling_kwargs (needs vLLM)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    kwargs = sampling_kwargs(config)
+    kwargs["output_kind"] = RequestOutputKind[kwargs["output_kind"]]
+    return SamplingParams(**kwargs)
+
+
+def lora_request_kwargs(config: ExperimentConfig) -> dict[str, Any] | None:
+    """Keyword arguments for `vllm.lora.request.LoRARequest`, or None without an adapter."""
+    if not config.lora_adapter:
+        return None
+    return {
+        "lora_name": LORA_NAME,
+        "lora_int_id": LORA_INT_ID,
+        "lora_path": str(Path(config.lora_adapter).expanduser().resolve()),
+    }
+
+
+def tokens_prompt(token_ids: list[int]) -> dict[str, Any]:
+    """A `vllm.inputs.TokensPrompt` (a TypedDict: a plain dict at run time)."""
+    return {"prompt_token_ids": token_ids}
+
+
+# -- the adapter --------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    prompts: list[dict[str, Any]]  # TokensPrompt dicts
+    input_tokens: list[int]
+
+
+@dataclass
+class _Attached:
+    engine: VllmEngine
+    max_num_seqs: int  # as vLLM resolved it (its default depends on the GPU)
+    max_model_len: int
+    sampling_params: Any
+    lora_request: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+        from vllm import LLM, SamplingParams  # noqa: F401 - the heavy import happens here
+        from vllm.lora.request import LoRARequest  # noqa: F401
+        from vllm.sampling_params import RequestOutputKind  # noqa: F401
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"backend: vllm needs the vllm package ({e}); run it in the vLLM image "
+            "(llem images build vllm) with a CUDA GPU"
+        ) from None
+    return vllm
+
+
+@register_backend("vllm")
+class VLLMBackend:
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.section: VLLMConfig = config.vllm or VLLMConfig()
+        self._attached: _Attached | None = None
+        self._llm: Any = None
+        self._calls = 0
+        # Import vLLM now (the harness creates the backend before the load timer), so
+        # that model_load_s measures loading, not library start-up, as for pytorch.
+        try:
+            _import_vllm()
+        except BackendUnavailable:
+            pass  # reported by load(); the tests drive the adapter with a fake engine
+
+    # The harness calls load(); tests call attach() with a fake engine.
+    def attach(
+        self,
+        engine: VllmEngine,
+        *,
+        max_num_seqs: int,
+        max_model_len: int,
+        sampling_params: Any,
+        lora_request: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self._attached = _Attached(
+            engine, max_num_seqs, max_model_len, sampling_params, lora_request, extra or {}
+        )
+
+    @property
+    def engine(self) -> VllmEngine:
+        if self._attached is None:
+            raise RuntimeError("VLLMBackend: call load() first")
+        return self._attached.engine
+
+    def load(self) -> LoadedModel:
+        vllm = _import_vllm()
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        device = run_device(self.config.device)
+        if device == "cpu":
+            raise BackendUnavailable(
+                "backend: vllm runs on CUDA GPUs only in llem; no GPU is visible (device: cpu)"
+            )
+        if device != "cuda:0":
+            raise BackendUnavailable(
+                f"device: {device}: vLLM uses the first visible GPU(s); select the GPU with "
+                "CUDA_VISIBLE_DEVICES (the Docker runner pins it and maps it to cuda:0)"
+            )
+        lora = lora_request_kwargs(self.config)
+        if lora is not None and not (Path(lora["lora_path"]) / "adapter_config.json").is_file():
+            raise ValueError(
+                f"lora_adapter: '{self.config.lora_adapter}' is not a PEFT adapter directory "
+                "(no adapter_config.json)"
+            )
+        path = resolve_model(self.config.model)
+
+        llm = LLM(**engine_kwargs(self.config, path))
+        engine = llm.llm_engine  # vllm.v1.engine.llm_engine.LLMEngine
+        vllm_config = engine.vllm_config
+        model_config = engine.model_config
+        lora_request = LoRARequest(**lora) if lora is not None else None
+        if lora_request is not None:
+            engine.add_lora(lora_request)  # load the adapter now, not in the first window
+
+        n_params, how = count_parameters(path)
+        sched = vllm_config.scheduler_config
+        extra = {
+            "vllm_version": vllm.__version__,
+            "max_num_seqs": sched.max_num_seqs,
+            "max_num_batched_tokens": sched.max_num_batched_tokens,
+            "max_model_len": model_config.max_model_len,
+            "enable_chunked_prefill": sched.enable_chunked_prefill,
+            "enable_prefix_caching": vllm_config.cache_config.enable_prefix_caching,
+            "kv_cache_dtype": vllm_config.cache_config.cache_dtype,
+            "quantization": model_config.quantization,
+            "enforce_eager": model_config.enforce_eager,
+            "tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size,
+            "pipeline_parallel_size": vllm_config.parallel_config.pipeline_parallel_size,
+            "lora_adapter": lora["lora_path"] if lora else None,
+            "n_parameters_source": how,
+        }
+        self._llm = llm  # owns the engine (and its worker processes)
+        self.attach(
+            engine,
+            max_num_seqs=sched.max_num_seqs,
+            max_model_len=model_config.max_model_len,
+            sampling_params=make_sampling_params(self.config),
+            lora_request=lora_request,
+            extra=extra,
+        )
+        return LoadedModel(
+            model_path=str(path),
+            n_parameters=n_params,
+            device=device,
+            dtype=str(model_config.dtype).removeprefix("torch."),
+            extra=extra,
+        )
+
+    def prepare(self, prompts: list[str]) -> _Prepared:
+        """Tokenise with the engine's tokenizer (special tokens as vLLM adds them),
+        truncated to max_input_tokens; vLLM gets the token ids and does not re-tokenise."""
+        att = self._attached
+        if att is None:
+            raise RuntimeError("VLLMBackend: call load() first")
+        tok = att.engine.get_tokenizer()
+        limit = self.config.max_input_tokens
+        ids = [
+            list(tok.encode(p, truncation=True, max_length=limit, add_special_tokens=True))
+            for p in prompts
+        ]
+        longest = max((len(x) for x in ids), default=0)
+        if longest + self.config.max_output_tokens > att.max_model_len:
+            raise ValueError(
+                f"a prompt of {longest} tokens plus max_output_tokens "
+                f"({self.config.max_output_tokens}) exceeds vLLM's max_model_len "
+                f"({att.max_model_len}); lower max_input_tokens or max_output_tokens, or raise "
+                "vllm.max_model_len"
+            )
+        return _Prepared(prompts=[tokens_prompt(x) for x in ids], input_tokens=[len(x) for x in ids])
+
+    def warmup_requests(self, max_batches: int | None, n_prompts: int) -> int:
+        """How many requests generate() runs: all, or max_batches x max_num_seqs (what
+        the engine runs at once)."""
+        att = self._attached
+        if max_batches is None or att is None:
+            return n_prompts
+        return min(n_prompts, max_batches * att.max_num_seqs)
+
+    def generate(self, prepared: _Prepared, max_batches: int | None = None) -> list[RequestRecord]:
+        att = self._attached
+        if att is None:
+            raise RuntimeError("VLLMBackend: call load() first")
+        engine = att.engine
+        n = self.warmup_requests(max_batches, len(prepared.prompts))
+        self._calls += 1
+        ids = [f"llem-{self._calls}-{i}" for i in range(n)]
+        # Start every call with an empty prefix cache: otherwise the measured window
+        # would find the KV blocks of the prompts warm-up already ran and skip their
+        # prefill. (Prefix sharing between requests of the same call still counts.)
+        if not engine.reset_prefix_cache():
+            log.warning("vLLM could not reset its prefix cache; prompts run before may hit it")
+        records: dict[str, RequestRecord] = {}
+        pending: set[str] = set()
+        try:
+            # Offline throughput scenario: everything is queued at once, vLLM schedules.
+            for rid, prompt, n_in in zip(ids, prepared.prompts, prepared.input_tokens):
+                submitted = time.perf_counter()
+                engine.add_request(rid, prompt, att.sampling_params, lora_request=att.lora_request)
+                records[rid] = RequestRecord(input_tokens=n_in, submitted_s=submitted)
+                pending.add(rid)
+            while pending and engine.has_unfinished_requests():
+                outputs = engine.step()
+                now = time.perf_counter()
+                for out in outputs:
+                    rec = records.get(out.request_id)
+                    if rec is None:
+                        continue  # not one of this call's requests
+                    new = sum(len(c.token_ids) for c in out.outputs)
+                    rec.token_times_s.extend([now] * new)
+                    if out.finished:
+                        pending.discard(out.request_id)
+            if pending:
+                raise RuntimeError(
+                    f"vLLM reported no unfinished requests but {len(pending)} of this call's "
+                    "requests never finished"
+                )
+        except BaseException:
+            if pending:  # leave the engine empty for whatever runs next
+                try:
+                    engine.abort_request(sorted(pending), internal=False)
+                except Exception:  # noqa: BLE001 - keep the original error
+                    pass
+            raise
+        return [records[r] for r in ids]
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: `LLMEngine.step()` returns token ids already on the host,
+        and generate() returns only when every request has finished, so no device work
+        of this process is outstanding at either window edge (by default the model
+        runs in vLLM's engine-core process, not in this one)."""

@@ -1,0 +1,291 @@
+"""`report.html`: one self-contained page a non-specialist can read — headline
+sentences, the summary with intervals, charts, the environment, every warning and
+failure, and the study file. Charts are embedded; nothing is fetched when opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from llenergymeasure.backends import __version__
+from llenergymeasure.backends.atomic import write_bytes_atomic
+from llenergymeasure.backends.config import BACKENDS
+from llenergymeasure.backends.contract import TIMESERIES_FILE
+from llenergymeasure.orchestrator.analysis import charts
+from llenergymeasure.orchestrator.analysis.stats import is_missing
+from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
+from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
+from llenergymeasure.orchestrator.terminal import ratio_text, with_ci
+from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.analysis.headlines import headlines
+from llenergymeasure.orchestrator.execution.manifest import utc_now
+from llenergymeasure.orchestrator.analysis.results import StudyResults, study_file_text
+from llenergymeasure.orchestrator.analysis.summary import ENERGY, LATENCY, THROUGHPUT, energy_reason, swept_keys
+
+REPORT_FILE = "report.html"
+MAX_POWER_RUNS = 8
+
+ENVIRONMENT_COLUMNS = (
+    ("GPUs", "environment.gpus"),
+    ("GPU driver", "environment.gpu_driver"),
+    ("CPU", "environment.cpu_model"),
+    ("torch", "environment.torch"),
+    ("transformers", "environment.transformers"),
+    ("image", "image_ref"),
+    ("image id", "image_id"),
+    ("energy source", "energy_source"),
+    ("llem version", "tool_version"),
+    ("llem commit", "tool_commit"),
+)
+
+COST_ROWS = (
+    (ENERGY_KWH, "energy, kWh per million output tokens", 4),
+    (FACILITY_KWH, "facility energy (x PUE), kWh per million output tokens", 4),
+    (ENERGY_COST, "energy cost per million output tokens", 4),
+    (GPU_TIME_COST, "GPU-time cost per million output tokens", 4),
+    (TOTAL_COST, "total cost per million output tokens", 4),
+    (CO2, "CO2, g per million output tokens", 2),
+)
+
+
+
+def _distinct(runs: pd.DataFrame, col: str) -> str:
+    if col not in runs:
+        return "n/a"
+    vals = [str(v) for v in runs[col].dropna().unique() if str(v)]
+    return ", ".join(vals) if vals else "n/a"
+
+
+def _window_series(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
+    """(t_s, value) of one run's measured window: summed GPU power, else the run
+    process's CPU utilisation; and which one it is ('power' | 'cpu' | '')."""
+    try:
+        ts = pd.read_parquet(run_dir / TIMESERIES_FILE)
+    except (OSError, ValueError):
+        return None, ""
+    win = ts[ts["phase"] == "window"]
+    if win.empty:
+        return None, ""
+    t0 = win["t_s"].min()
+    gpu = win[(win["device"] != "process") & win["power_w"].notna()]
+    if not gpu.empty:
+        s = gpu.groupby("t_s", as_index=False)["power_w"].sum()
+        return s.assign(t_s=s["t_s"] - t0).rename(columns={"power_w": "value"}), "power"
+    proc = win[(win["device"] == "process") & win["utilization_pct"].notna()]
+    if proc.empty:
+        return None, ""
+    s = proc[["t_s", "utilization_pct"]].rename(columns={"utilization_pct": "value"})
+    return s.assign(t_s=s["t_s"] - t0), "cpu"
+
+
+def _power_section(results: StudyResults, run_ids: list[str] | None = None) -> dict[str, Any]:
+    """The chosen runs, or the first finished run of each configuration (up to MAX_POWER_RUNS)."""
+    runs = results.runs
+    if run_ids:
+        unknown = [r for r in run_ids if r not in set(runs["run_id"])]
+        if unknown:
+            raise UserError(f"--runs: no run {', '.join(unknown)} in {results.study_dir}; "
+                            f"run ids look like {runs['run_id'].iloc[0]} (see manifest.json)")
+        chosen = runs[runs["run_id"].isin(run_ids) & (runs["status"] == "done")]
+    else:
+        chosen = (runs[runs["status"] == "done"].sort_values(["experiment_index", "cycle"])
+                  .groupby("experiment_index").head(1).head(MAX_POWER_RUNS))
+    power, cpu = [], []
+    for _, r in chosen.iterrows():
+        series, kind = _window_series(results.study_dir / r["run_dir"])
+        label = f"{r['experiment_index']}: {r['label']} ({r['run_id']})"
+        if kind == "power":
+            power.append((label, series))
+        elif kind == "cpu":
+            cpu.append((label, series))
+    out: dict[str, Any] = {"runs": [f"{r['run_id']} ({r['label']})" for _, r in chosen.iterrows()]}
+    if power:
+        out["chart"] = charts.timeseries_chart(power, "value", "GPU power (W)", "Power during the measured window")
+        out["kind"] = "power"
+    elif cpu:
+        out["chart"] = charts.timeseries_chart(
+            cpu, "value", "CPU use of the run process (%)", "No power samples: CPU use during the measured window")
+        out["kind"] = "cpu"
+    return out
+
+
+def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append({
+            "index": r["experiment_index"], "label": r["label"], "backend": r["backend"],
+            "reference": bool(r["is_reference"]), "runs": f"{r['runs_done']}/{r['runs_planned']}",
+            "throughput": with_ci(r, THROUGHPUT), "throughput_ratio": ratio_text(r, THROUGHPUT),
+            "energy": with_ci(r, ENERGY, 3), "energy_ratio": ratio_text(r, ENERGY),
+            "power": with_ci(r, "avg_power_w"), "memory": with_ci(r, "peak_memory_mb", 0),
+            "pareto": None if is_missing(r.get("pareto_throughput_energy")) else bool(r["pareto_throughput_energy"]),
+            "flags": r["flags"],
+        })
+    return rows
+
+
+def _latency_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    cols = ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p90", "itl_ms_p99")
+    return [{"index": r["experiment_index"], "label": r["label"],
+             **{c: with_ci(r, c, 2 if c.startswith("itl") else 1) for c in cols}} for _, r in summary.iterrows()]
+
+
+def _cost_rows(results: StudyResults) -> list[dict[str, Any]]:
+    s = results.summary
+    rows = []
+    for col, title, digits in COST_ROWS:
+        if f"{col}_mean" in s:
+            rows.append({"title": title, "values": [with_ci(r, col, digits) for _, r in s.iterrows()]})
+    return rows
+
+
+def chart_axes(summary: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The x axes to chart. Backend-scoped keys that play the same role on each
+    backend (one swept key per backend, e.g. pytorch.batch_size and
+    vllm.max_num_seqs) share one axis, one line per backend; `backend` itself is
+    then shown by those lines rather than a chart of its own."""
+    scoped: dict[str, list[str]] = {}
+    for k in keys:
+        head = k.split(".", 1)[0]
+        if head in BACKENDS and "." in k:
+            scoped.setdefault(head, []).append(k)
+    if len(scoped) >= 2 and all(len(v) == 1 for v in scoped.values()):
+        joint = [v[0] for v in scoped.values()]
+        name = " / ".join(joint)
+        summary = summary.copy()
+        summary[name] = [next((r[k] for k in joint if not is_missing(r[k])), None) for _, r in summary.iterrows()]
+        rest = [k for k in keys if k not in joint and k != "backend"]
+        return summary, [name, *rest]
+    return summary, keys
+
+
+def _charts(results: StudyResults, keys: list[str], energy: bool) -> list[dict[str, str]]:
+    out = []
+    s, axes = chart_axes(results.summary, keys)
+    for k in axes:
+        out.append({"title": f"Throughput by {k}",
+                    "uri": charts.metric_by_parameter(s, k, THROUGHPUT, "output tokens/s")})
+        if energy:
+            out.append({"title": f"Energy per output token by {k}",
+                        "uri": charts.metric_by_parameter(s, k, ENERGY, "J per output token")})
+    return out
+
+
+def _warnings(runs: pd.DataFrame) -> list[dict[str, str]]:
+    out = []
+    for _, r in runs.iterrows():
+        for w in str(r.get("warnings") or "").split(" | "):
+            if w and w != "None":
+                out.append({"run": r["run_id"], "label": r["label"], "warning": w})
+    return out
+
+
+def _lock_section(results: StudyResults) -> dict[str, Any] | None:
+    from llenergymeasure.orchestrator.publication.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, load_lock_summary
+
+    lock = load_lock_summary(results.study_dir)
+    if lock is None:
+        return None
+    images = lock.get("images") or {}
+    return {
+        "files": [LOCK_FILE, ENVIRONMENT_FILE, REPRODUCE_FILE],
+        "items": [
+            ("llem", f"{lock.get('tool_version')} at commit {lock.get('tool_commit')}"),
+            ("runner", str(lock.get("runner"))),
+            ("run order", " ".join(lock.get("run_order") or [])),
+            *((f"model {m}", str(r)) for m, r in (lock.get("models") or {}).items()),
+            *((f"dataset {d}", str(h)) for d, h in (lock.get("datasets") or {}).items()),
+            *((f"image {b}", f"{i.get('tag')} id {i.get('id')}") for b, i in images.items()),
+            ("requirements.lock", f"sha256:{lock.get('requirements_lock_sha256')}"),
+        ],
+    }
+
+
+def _reproduction_section(results: StudyResults) -> dict[str, Any] | None:
+    from llenergymeasure.orchestrator.terminal import compare_table
+    from llenergymeasure.orchestrator.publication.reproduce import load_reproduction
+
+    loaded = load_reproduction(results)
+    if loaded is None:
+        return None
+    table, diffs, original = loaded
+    headers, rows = compare_table(table)
+    return {"original": str(original), "diffs": diffs, "headers": [*headers, "verdict"],
+            "rows": [[*row, v] for row, v in zip(rows, table["verdict"])],
+            "tolerance": float(table["tolerance"].iloc[0]) if len(table) else None}
+
+
+def render_report(results: StudyResults, power_runs: list[str] | None = None) -> str:
+    runs, summary, m = results.runs, results.summary, results.manifest.data
+    keys = swept_keys(m["experiments"])
+    keys = [k for k in keys if k in summary]
+    no_energy = energy_reason(runs)
+    has_energy = f"{ENERGY}_mean" in summary and bool(summary[f"{ENERGY}_mean"].notna().any())
+    pareto = []
+    if has_energy:
+        pareto.append({"title": "Throughput against energy per token", "uri": charts.pareto_chart(
+            summary, THROUGHPUT, ENERGY, "pareto_throughput_energy", "output tokens/s", "J per output token")})
+        if summary[f"{LATENCY}_mean"].notna().any():
+            pareto.append({"title": "Latency against energy per token", "uri": charts.pareto_chart(
+                summary, LATENCY, ENERGY, "pareto_latency_energy", "TTFT p50 (ms)", "J per output token")})
+    latency_chart = None
+    if not summary.empty and summary["ttft_ms_p50_mean"].notna().any():
+        latency_chart = charts.grouped_bars(
+            summary, [("ttft_ms_p50", "p50"), ("ttft_ms_p90", "p90"), ("ttft_ms_p99", "p99")],
+            "ms", "Time to first token by configuration (mean, 95% CI)")
+    failed = runs[runs["status"] == "failed"]
+    ref = summary[summary["is_reference"]]
+    env = runs[runs["status"] == "done"]
+    context = {
+        "name": results.name,
+        "study_dir": str(results.study_dir),
+        "generated_at": utc_now(),
+        "tool_version": __version__,
+        "created_at": m.get("created_at"),
+        "runner": m.get("runner"),
+        "n_runs": len(runs),
+        "counts": runs["status"].value_counts().to_dict(),
+        "n_cycles": m.get("execution", {}).get("n_cycles"),
+        "order": m.get("execution", {}).get("order"),
+        "concurrency": concurrency_note(results.manifest),
+        "reference": ref.iloc[0]["label"] if len(ref) else None,
+        "headlines": headlines(summary, runs, keys, no_energy) if keys else [],
+        "energy_reason": no_energy,
+        "has_energy": has_energy,
+        "summary_rows": _summary_rows(summary),
+        "latency_rows": _latency_rows(summary),
+        "latency_chart": latency_chart,
+        "charts": _charts(results, keys, has_energy),
+        "pareto": pareto,
+        "power": _power_section(results, power_runs),
+        "cost_rows": _cost_rows(results),
+        "cost_columns": [f"{r['experiment_index']}" for _, r in summary.iterrows()],
+        "costs": results.costs,
+        "cost_sources": results.cost_sources,
+        "currency": results.costs.currency,
+        "warnings": _warnings(runs),
+        "failed": [{"run": r["run_id"], "label": r["label"], "error": r["error"] or "unknown"}
+                   for _, r in failed.iterrows()],
+        "environment": [(title, _distinct(env, col)) for title, col in ENVIRONMENT_COLUMNS],
+        "study_file": study_file_text(results),
+        "lock": _lock_section(results),
+        "reproduction": _reproduction_section(results),
+        "study_file_name": m.get("study_file"),
+    }
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return templates.get_template("report.html.j2").render(**context)
+
+
+def write_report(results: StudyResults, path: Path | None = None, power_runs: list[str] | None = None) -> Path:
+    path = path or results.study_dir / REPORT_FILE
+    write_bytes_atomic(path, render_report(results, power_runs).encode("utf-8"))
+    return path

@@ -1,0 +1,220 @@
+"""`execution.parallel_gpus: N`: up to N runs at once on disjoint GPUs of this host.
+
+Wraps the local or Docker runner as a runner that takes the whole plan (like
+Slurm's): runs start in plan order, each as soon as a slot and enough free GPUs
+exist (`gpu_slots.GpuSlots`), and the inner runner pins the run to exactly those
+GPUs by UUID (CUDA_VISIBLE_DEVICES for a process, a device request for a
+container), so the harness measures only them. Never two runs on one GPU; a host
+without GPUs keeps runs sequential (the plain study loop is used unchanged).
+
+Each run is recorded exactly as the sequential loop records it (execute.py:
+attempts kept, error.json, the same failure policy): after `--fail-fast` or
+`max_consecutive_failures` no new run starts, the running ones finish, and the
+rest are skipped; a lost runner (Docker engine gone) stops scheduling likewise.
+`device: cuda:N` only says "a GPU" here: the scheduler chooses which.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.orchestrator.execution import failures
+from llenergymeasure.orchestrator.execution.outcome import RunOutcome
+from llenergymeasure.orchestrator.errors import Failure, UserError
+from llenergymeasure.orchestrator.execution.loop import LoopResult, Policy, record_lost, record_outcome, resume_hint, skip_rest, stop_reason
+from llenergymeasure.orchestrator.execution.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
+from llenergymeasure.orchestrator.execution.manifest import Manifest, utc_now
+from llenergymeasure.orchestrator.study.plan import PlannedRun
+from llenergymeasure.orchestrator.execution.resume import fresh_run_dir
+from llenergymeasure.orchestrator.execution.runners.base import RunnerLost
+from llenergymeasure.orchestrator.execution.signals import describe
+
+Notify = Callable[[str], None]
+PARALLEL_RUNNERS = ("local", "docker")
+
+
+def gpus_needed(config: ExperimentConfig, resolved_device: str) -> int:
+    """GPUs one run occupies: its tensor x pipeline parallel size on CUDA, none on the CPU."""
+    return config.gpus_per_run if resolved_device.startswith("cuda") else 0
+
+
+class ParallelRunner:
+    """The inner runner's runs, several at once; the same name, contract and files."""
+
+    takes_whole_plan = True
+
+    def __init__(self, inner: Any, parallel: int, host: HostGpus, study: Any, gpus_per_run: int | None = None) -> None:
+        self.inner = inner
+        self.gpus_per_run = gpus_per_run  # None: from each run's config and device
+        self.name = inner.name
+        self.parallel = parallel
+        self.uuids = host.uuids()
+        self.study = study
+        self.lock = threading.Lock()  # the manifest and the outcome counters
+
+    def __getattr__(self, name: str) -> Any:  # anything else (engine hosting, image checks) is the inner runner's
+        return getattr(self.inner, name)
+
+    def describe(self) -> str:
+        return (f"{self.inner.describe()}; up to {max_parallel(len(self.uuids), 1, self.parallel)} runs at once "
+                f"on disjoint GPUs of this host ({len(self.uuids)} GPU(s))")
+
+    def device_uuids(self) -> list[str]:
+        """Every GPU the scheduler may place a run on: what the study must lock."""
+        return list(self.uuids)
+
+    def resolve_device(self, spec: str) -> str:
+        return self.inner.resolve_device(spec)
+
+    def prepare(self, study: Any, notify: Notify, build: bool = True) -> None:
+        self.inner.prepare(study, notify, build=build)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.execute(*args, **kwargs)
+
+    def _need(self, config: ExperimentConfig) -> int:
+        if self.gpus_per_run is not None:
+            return self.gpus_per_run
+        return gpus_needed(config, self.inner.resolve_device(config.device))
+
+    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, detach: bool = False,
+                  policy: Policy | None = None) -> LoopResult:
+        """Run `run_ids` in this order, several at once; the loop's result."""
+        planned = {p.run_id: p for p in _planned(manifest)}
+        return _Schedule(self, manifest, [planned[r] for r in run_ids], notify, policy or Policy()).run()
+
+
+def _planned(manifest: Manifest) -> list[PlannedRun]:
+    return [PlannedRun(r["run_id"], r["experiment_index"], r["cycle"], r["position"])
+            for r in manifest.data["runs"]]
+
+
+class _Schedule:
+    """One session of parallel runs: starts them, records them, applies the policy."""
+
+    def __init__(self, runner: ParallelRunner, manifest: Manifest, runs: list[PlannedRun], notify: Notify,
+                 policy: Policy) -> None:
+        self.runner, self.manifest, self.runs, self.notify, self.policy = runner, manifest, runs, notify, policy
+        self.slots = GpuSlots(runner.uuids, parallel=runner.parallel)
+        self.result = LoopResult()
+        self.consecutive = 0
+        self.stop: tuple[str, str] | None = None
+        self.lost: RunnerLost | None = None
+        self.cancel = threading.Event()  # Ctrl-C/SIGTERM reached the main thread: stop every running run
+
+    def run(self) -> LoopResult:
+        ex = self.runner.study.execution
+        threads: list[threading.Thread] = []
+        started: set[str] = set()
+        try:
+            for n, planned in enumerate(self.runs, 1):
+                exp = self.runner.study.experiments[planned.experiment_index - 1]
+                slot, gpus = self.slots.acquire(self.runner._need(exp.config))  # blocks until free
+                with self.runner.lock:
+                    if self.stop or self.lost:
+                        self.slots.release(slot)
+                        break
+                    fresh_run_dir(self.manifest, planned.run_id)
+                    self.manifest.update(planned.run_id, "running", started_at=utc_now(), gpu_uuids=list(gpus))
+                started.add(planned.run_id)
+                self.notify(f"[{n}/{len(self.runs)}] {planned.run_id} {exp.label} ... started"
+                            + (f" on {', '.join(gpus)}" if gpus else ""))
+                t = threading.Thread(target=self._one, args=(planned, exp, slot, gpus, ex), daemon=True)
+                t.start()
+                threads.append(t)
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt as e:
+            why = f"interrupted ({describe(e)})"
+            with self.runner.lock:
+                self.stop = ("interrupted", why)
+            self.cancel.set()  # each worker's runner stops its process/container (SIGTERM, then SIGKILL)
+            for t in threads:
+                t.join()
+            self.manifest.set_status("interrupted", why)
+            raise
+        rest = [p for p in self.runs if p.run_id not in started]
+        if self.lost is not None:
+            raise Failure(f"{self.lost}; the study stopped there. Finished runs are kept. When it is back: "
+                          f"{resume_hint(self.manifest)}")
+        if self.stop and rest:
+            skip_rest(self.manifest, rest, f"not run: the study {self.stop[0]} ({self.stop[1]})")
+            self.manifest.set_status(*self.stop)
+            self.result.stopped = f"study {self.stop[0]}: {self.stop[1]}"
+        else:
+            self.manifest.set_status("finished", f"{len(self.result.failed)} run(s) failed"
+                                     if self.result.failed else None)
+        return self.result
+
+    def _one(self, planned: PlannedRun, exp: Any, slot: int, gpus: tuple[str, ...], ex: Any) -> None:
+        run_dir = self.manifest.study_dir / "runs" / planned.run_id
+        t0 = time.monotonic()
+        try:
+            try:
+                outcome = self.runner.inner.execute(exp.config, run_dir, ex.run_timeout_s, on_tick=self._tick,
+                                                    stall_s=ex.stall_timeout_s, stop_grace_s=ex.stop_grace_s,
+                                                    gpus=gpus or None)
+            except _Cancelled:
+                outcome = RunOutcome("failed", None, error=self.stop[1] if self.stop else "interrupted",
+                                     kind=failures.INTERRUPTED)
+            except RunnerLost as e:
+                with self.runner.lock:
+                    self.lost = e
+                    record_lost(self.manifest, planned, e, exp.id)
+                    self.result.failed.append(planned.run_id)
+                self.notify(f"FAILED   {planned.run_id}: {e}")
+                return
+            except Exception as e:  # noqa: BLE001 - a runner error fails this run, not the others
+                outcome = RunOutcome("failed", None, error=f"{type(e).__name__}: {e}")
+            with self.runner.lock:
+                record_outcome(self.manifest, planned, outcome, exp.id)
+                if outcome.state == "done":
+                    self.consecutive = 0
+                else:
+                    self.result.failed.append(planned.run_id)
+                    self.consecutive += 1
+                self.stop = self.stop or stop_reason(self.policy, outcome, planned.run_id, self.consecutive)
+            took = time.monotonic() - t0
+            self.notify(f"{'done' if outcome.state == 'done' else 'FAILED':8} {planned.run_id} after {took:.1f} s"
+                        + (f" on {', '.join(gpus)}" if gpus else "") + (f": {outcome.error}" if outcome.error else ""))
+        finally:
+            self.slots.release(slot)
+
+    def _tick(self, run_elapsed: float) -> None:
+        """Called by the runner while a run goes: raising here makes it stop the run."""
+        if self.cancel.is_set():
+            raise _Cancelled()
+
+
+class _Cancelled(KeyboardInterrupt):
+    """Raised inside a worker thread so that its runner stops the run as on Ctrl-C."""
+
+
+def parallel_runner(runner: Any, study: Any, notify: Notify, host: HostGpus | None = None) -> Any:
+    """The runner to use: `runner` itself unless parallel_gpus > 1 can apply here."""
+    n = getattr(study.execution, "parallel_gpus", 1)
+    if n <= 1 or getattr(runner, "takes_whole_plan", False):
+        return runner
+    if runner.name not in PARALLEL_RUNNERS:
+        notify(f"execution.parallel_gpus: {n} applies to the {' and '.join(PARALLEL_RUNNERS)} runners; the "
+               f"{runner.name} runner runs one run at a time")
+        return runner
+    host = host or NvmlHostGpus()
+    if not host.uuids():
+        notify(f"execution.parallel_gpus: {n}, but this host has no GPU: runs stay sequential")
+        return runner
+    parallel = ParallelRunner(runner, n, host, study)
+    for exp in study.experiments:
+        try:
+            need = parallel._need(exp.config)
+        except ValueError:
+            continue  # an impossible device: the preflight check explains it
+        if need > len(parallel.uuids):
+            raise UserError(f"{study.path}: experiment {exp.index} ({exp.label}) spans {need} GPUs "
+                            f"(tensor x pipeline parallel) but this host has {len(parallel.uuids)}; "
+                            "lower the parallel sizes or run it on a larger host")
+    return parallel

@@ -1,0 +1,194 @@
+"""`llem run --resume DIR`: continue a study where it stopped.
+
+- The directory must be a study (a readable manifest.json) that no other llem is
+  working on (the study lock, orchestrator/execution/locks.py).
+- The study file (the copy in DIR, or the FILE given) must still expand to the same
+  plan: the same experiments (by configuration hash) and the same runs (cycles,
+  order, seed). Anything else is explained and refused: results of two plans would
+  be mixed. Settings that don't change the plan (timeouts, gaps, failure limits)
+  may change and are taken from the file.
+- What the manifest says is checked against the disk first: a run left `running`
+  by an orchestrator that died is interrupted (or done, if its result.json is
+  complete and valid); a done run whose result.json no longer validates is damaged
+  and runs again. Finished, valid results are never touched.
+- Then pending, skipped and interrupted runs run again, failed ones only with
+  --retry-failed; a run's earlier files move to attempts/<run id>/<n>/ first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+from llenergymeasure.backends import contract
+from llenergymeasure.backends.contract import SCHEMA_VERSION
+from llenergymeasure.orchestrator.execution import failures
+from llenergymeasure.orchestrator.execution.outcome import load_result
+from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest, utc_now
+from llenergymeasure.orchestrator.study.plan import PlannedRun
+from llenergymeasure.orchestrator.study.load import Study
+
+ATTEMPTS_DIR = "attempts"
+NOT_A_STUDY_HINT = "give the directory `llem run` printed as `results: ...`"
+
+
+def open_study_dir(path: Path) -> Manifest:
+    """The study's manifest, or UserError saying why DIR is not a resumable study."""
+    if not path.exists():
+        raise UserError(f"--resume: {path}: no such directory")
+    if not path.is_dir():
+        raise UserError(f"--resume: {path}: is a file, not a study directory; {NOT_A_STUDY_HINT}")
+    mpath = path / MANIFEST_FILE
+    if not mpath.exists():
+        raise UserError(f"--resume: {path}: not a study directory (no {MANIFEST_FILE}); {NOT_A_STUDY_HINT}")
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"--resume: {mpath}: cannot be read ({type(e).__name__}: {e}); "
+                        "it is not a manifest llem wrote") from None
+    required = ("schema_version", "study_file", "runner", "execution", "experiments", "runs")
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise UserError(f"--resume: {mpath}: not a llem manifest (missing {', '.join(missing)})")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise UserError(f"--resume: {mpath}: schema_version {data['schema_version']} is not this llem's "
+                        f"({SCHEMA_VERSION}); resume it with the llem version that started it")
+    return Manifest(path, data)
+
+
+def study_file_of(manifest: Manifest) -> Path:
+    path = manifest.study_dir / manifest.data["study_file"]
+    if not path.is_file():
+        raise UserError(f"--resume: {path}: the study file copy is missing; pass the study file: "
+                        f"llem run FILE --resume {manifest.study_dir}")
+    return path
+
+
+def plan_differences(manifest: Manifest, study: Study, plan: list[PlannedRun]) -> list[str]:
+    """What differs between the study's plan and what the file expands to now."""
+    diffs = []
+    ex_old, ex_new = manifest.data["execution"], study.execution.model_dump(mode="json")
+    for key in ("n_cycles", "order", "shuffle_seed"):
+        if ex_old.get(key) != ex_new.get(key):
+            diffs.append(f"execution.{key}: {ex_old.get(key)!r} in the study, {ex_new.get(key)!r} now")
+    old = [(e["id"], e["label"]) for e in manifest.data["experiments"]]
+    new = [(e.id, e.label) for e in study.experiments]
+    old_ids, new_ids = {i for i, _ in old}, {i for i, _ in new}
+    for i, (eid, label) in enumerate(old, 1):
+        if eid not in new_ids:
+            diffs.append(f"experiment {i} ({label}, {eid[:12]}) is no longer in the file "
+                         "(or a setting of it changed)")
+    for i, (eid, label) in enumerate(new, 1):
+        if eid not in old_ids:
+            diffs.append(f"the file now has experiment {label} ({eid[:12]}), which the study does not")
+    if not diffs and [i for i, _ in old] != [i for i, _ in new]:
+        diffs.append("the experiments are the same but in a different order")
+    if not diffs:
+        runs_old = [(r["run_id"], r["experiment_index"], r["cycle"], r["position"]) for r in manifest.data["runs"]]
+        runs_new = [(r.run_id, r.experiment_index, r.cycle, r.position) for r in plan]
+        if runs_old != runs_new:
+            diffs.append("the run order differs")
+    return diffs
+
+
+def check_plan(manifest: Manifest, study: Study, plan: list[PlannedRun]) -> None:
+    diffs = plan_differences(manifest, study, plan)
+    if diffs:
+        raise UserError(
+            f"--resume: {study.path} no longer expands to the plan of {manifest.study_dir}:\n  - "
+            + "\n  - ".join(diffs)
+            + "\nResuming would mix two plans in one study. Resume with the study file as it was "
+            "(the copy in the study directory is used when no FILE is given), or start a new study."
+        )
+
+
+def reconcile(manifest: Manifest) -> list[str]:
+    """Make the manifest agree with the disk before anything runs; returns notes."""
+    notes = []
+    for run in manifest.data["runs"]:
+        run_dir = manifest.study_dir / run["run_dir"]
+        exp_id = manifest.experiment(run["experiment_index"])["id"]
+        result = load_result(run_dir)
+        valid = result is not None and result.experiment_id == exp_id
+        if run["state"] == "running":
+            if valid:
+                run.update(state="done", finished_at=run.get("finished_at") or result.finished_at,
+                           error=None, failure_kind=None)
+                notes.append(f"{run['run_id']}: finished just before the study stopped; its result is valid and kept")
+            else:
+                reason = "interrupted: the orchestrator stopped while this run was going (killed, crashed or rebooted)"
+                run.update(state="failed", finished_at=utc_now(), error=reason, failure_kind=failures.INTERRUPTED)
+                notes.append(f"{run['run_id']}: {reason}")
+        elif run["state"] == "done" and not valid:
+            reason = f"{contract.RESULT_FILE} no longer validates (damaged or removed after the run finished)"
+            run.update(state="failed", error=reason, failure_kind=failures.RESULT_DAMAGED)
+            notes.append(f"{run['run_id']}: {reason}; it runs again")
+    manifest.save()
+    return notes
+
+
+def to_rerun(manifest: Manifest, retry_failed: bool) -> tuple[list[str], list[str]]:
+    """(run ids to run again in plan order, failed run ids left as they are)."""
+    again, kept = [], []
+    for run in sorted(manifest.data["runs"], key=lambda r: r["position"]):
+        state = run["state"]
+        if state in ("pending", "skipped", "running"):
+            again.append(run["run_id"])
+        elif state == "failed":
+            if retry_failed or run.get("failure_kind") in failures.RETRY_BY_DEFAULT:
+                again.append(run["run_id"])
+            else:
+                kept.append(run["run_id"])
+    return again, kept
+
+
+def fresh_run_dir(manifest: Manifest, run_id: str) -> None:
+    """Before a run runs again: its last try goes into `attempts` (manifest) and its
+    files to attempts/<run id>/<n>/, so the new try starts from an empty directory
+    and nothing of the old one is lost."""
+    run = manifest.run(run_id)
+    run_dir = manifest.study_dir / run["run_dir"]
+    has_files = run_dir.is_dir() and any(run_dir.iterdir())
+    if run["state"] == "pending" and not has_files:
+        return
+    archive = None
+    if has_files:
+        root = manifest.study_dir / ATTEMPTS_DIR / run_id
+        root.mkdir(parents=True, exist_ok=True)
+        n = 1 + max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0)
+        archive = root / str(n)
+        os.replace(run_dir, archive)  # one rename: never half-moved
+        archive = str(archive.relative_to(manifest.study_dir))
+    if run["state"] != "pending" or archive:
+        manifest.new_attempt(run_id)
+        manifest.run(run_id)["attempts"][-1]["files"] = archive
+        manifest.save()
+
+
+def kill_leftovers(study_dir: Path) -> list[int]:
+    """Processes of this study's runs still alive (an orchestrator killed before its
+    runs could notice): stopped, so they can't measure beside the resumed study."""
+    root = str(study_dir.resolve())
+    killed = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            run_dir = proc.environ().get(contract.ENV_RUN_DIR, "")
+        except (psutil.Error, OSError):
+            continue
+        if run_dir.startswith(root + os.sep) and proc.pid != os.getpid():
+            try:
+                pgid = os.getpgid(proc.pid)
+                if pgid != os.getpgrp():  # runs lead their own group; never signal ours
+                    os.killpg(pgid, signal.SIGKILL)
+                else:
+                    os.kill(proc.pid, signal.SIGKILL)
+            except OSError:
+                continue
+            killed.append(proc.pid)
+    return killed
+

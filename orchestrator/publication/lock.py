@@ -1,0 +1,206 @@
+"""The reproducibility bundle of a publication study: `study.lock.yaml`,
+`environment.json` and `REPRODUCE.md`, written into the study directory before
+the first run.
+
+`study.lock.yaml` is the study file as given (so labels and the sweep stay
+readable) plus a `lock:` section pinning what it resolved to: every experiment's
+id and full config, the run order, model revisions (commits, or content hashes of
+local and built-in models), dataset hashes, images by id and digest, the tool's
+version and commit. Loading it is loading a study; running it first checks that
+the study still resolves to exactly the locked plan and pins (`verify_lock`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llenergymeasure.backends import __version__
+from llenergymeasure.backends.harness.environment import snapshot, tool_commit
+from llenergymeasure.backends.harness.gpu import GpuDiscovery, nvml_inventory
+from llenergymeasure.backends.prompts import dataset_path
+from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.study.plan import PlannedRun
+from llenergymeasure.orchestrator.study.load import Study, read_yaml
+
+LOCK_FILE = "study.lock.yaml"
+ENVIRONMENT_FILE = "environment.json"
+REPRODUCE_FILE = "REPRODUCE.md"
+TOOL_ROOT = Path(__file__).resolve().parents[2]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_pins(study: Study) -> dict[str, str]:
+    """model -> the revision it resolved to: its pinned commit, or sha256:<content> of a local/built-in model."""
+    from llenergymeasure.orchestrator.build.engine_store import revision_of
+
+    pins = {}
+    for e in study.experiments:
+        c = e.config
+        if c.model not in pins:
+            pins[c.model] = c.model_revision or revision_of(c.model)
+    return pins
+
+
+def dataset_pins(study: Study) -> dict[str, str]:
+    pins = {}
+    for e in study.experiments:
+        path = dataset_path(e.config.dataset)
+        pins[e.config.dataset] = ("generated from each experiment's seed (no file)" if path is None
+                                  else "sha256:" + file_sha256(path))
+    return pins
+
+
+def image_pins(study: Study) -> dict[str, dict[str, Any]]:
+    from llenergymeasure.orchestrator.build.images import base_for, docker_client, find_image, image_tag, spec_for
+
+    client = docker_client(timeout=5)
+    out = {}
+    for backend in sorted({e.config.backend for e in study.experiments}):
+        spec = spec_for(backend)
+        base = base_for(spec)
+        tag = image_tag(spec, base, client)
+        image = find_image(client, tag)
+        out[backend] = {"tag": tag, "id": image.id if image else None, "base": base,
+                        "digests": list(image.attrs.get("RepoDigests") or []) if image else []}
+    return out
+
+
+def pins(study: Study, plan: list[PlannedRun], runner: str) -> dict[str, Any]:
+    return {
+        "tool_version": __version__,
+        "tool_commit": tool_commit(),
+        "requirements_lock_sha256": file_sha256(TOOL_ROOT / "requirements.lock"),
+        "runner": runner,
+        "experiments": [{"index": e.index, "id": e.id, "label": e.label,
+                         "config": e.config.model_dump(mode="json", exclude_none=True)} for e in study.experiments],
+        "run_order": [r.run_id for r in plan],
+        "models": model_pins(study),
+        "datasets": dataset_pins(study),
+        "images": image_pins(study) if runner == "docker" else None,
+    }
+
+
+def host_environment(runner: str) -> dict[str, Any]:
+    """What the study ran on, from the host: GPUs (model, UUID), driver, CUDA, kernel, CPU, runtime."""
+    from llenergymeasure.orchestrator.execution.machine import as_dicts, collect
+
+    env: dict[str, Any] = {
+        "host": snapshot(GpuDiscovery([], unavailable_reason="host snapshot: GPUs are listed under gpus")),
+        "gpus": [{"index": i, "uuid": u, "name": n} for i, u, n in nvml_inventory()],
+        "kernel": platform.release(),
+        "runner": runner,
+        "checks": as_dicts(collect()),
+    }
+    env["host"].pop("env", None)  # environment variables stay out of published files
+    return env
+
+
+def reproduce_text(study: Study, lock: dict[str, Any], study_dir: Path) -> str:
+    commit = lock["tool_commit"] or "(unknown)"
+    fetch = "".join(f".venv/bin/llem datasets fetch {d}\n" for d in lock["datasets"] if d in ("aienergyscore",))
+    images = "" if lock["runner"] != "docker" else (
+        "\nBuild the images (their tags are content hashes; the ids must match the lock):\n\n"
+        "```bash\n" + "\n".join(f".venv/bin/llem images build {b}" for b in lock["images"]) + "\n```\n")
+    return f"""# Reproducing {study.name}
+
+Run by llem {lock['tool_version']} at commit `{commit}` with the {lock['runner']} runner:
+{len(lock['experiments'])} configuration(s) x {study.execution.n_cycles} cycle(s), in the order
+recorded in `{LOCK_FILE}` (which also pins models, datasets{' and images' if lock['runner'] == 'docker' else ''}).
+The machine it ran on is described in `{ENVIRONMENT_FILE}`; differences in GPU, driver or
+CPU explain most differences in the numbers.
+
+```bash
+git clone <the llenergymeasure repository> llem && cd llem
+git checkout {commit}
+make setup
+{fetch}```
+{images}
+Then re-run the locked study and compare it with the original, configuration by
+configuration (writes a new study directory with a comparison table and report):
+
+```bash
+.venv/bin/llem reproduce path/to/{study_dir.name} -o results/ --runner {lock['runner']}
+```
+
+`.venv/bin/llem run path/to/{study_dir.name}/{LOCK_FILE}` runs the same plan without the comparison.
+"""
+
+
+def write_bundle(study_dir: Path, study: Study, lock: dict[str, Any]) -> None:
+    """Write the bundle for pins computed (and so checked) before the study directory existed."""
+    from llenergymeasure.backends.atomic import write_bytes_atomic, write_json_atomic
+
+    runner = lock["runner"]
+    data = {k: v for k, v in read_yaml(study.path).items() if k != "lock"}
+    execution = dict(data.get("execution") or {})
+    execution["publication"] = study.execution.publication.model_dump(mode="json")  # type: ignore[union-attr]
+    execution["n_cycles"] = study.execution.n_cycles  # --cycles on the command line is part of the plan
+    data["execution"] = execution
+    data["lock"] = lock
+    header = (f"# llem study lock for {study.name}, written {study_dir.name}. A valid study file:\n"
+              f"# `llem run` on it re-runs exactly this plan, after checking every pin in `lock:`.\n")
+    write_bytes_atomic(study_dir / LOCK_FILE, (header + yaml.safe_dump(data, sort_keys=False)).encode("utf-8"))
+    write_json_atomic(study_dir / ENVIRONMENT_FILE, host_environment(runner))
+    write_bytes_atomic(study_dir / REPRODUCE_FILE, reproduce_text(study, lock, study_dir).encode("utf-8"))
+
+
+def verify_lock(study: Study, plan: list[PlannedRun], runner: str) -> None:
+    """A lock file must still resolve to its locked plan and pins; else exit 2 naming what changed."""
+    lock = study.lock
+    assert lock is not None
+    problems = []
+    ids = [e.id for e in study.experiments]
+    locked_ids = [x["id"] for x in lock.get("experiments", [])]
+    if ids != locked_ids:
+        problems.append("experiments: the study now expands to other configurations than it locked "
+                        f"({len(ids)} vs {len(locked_ids)} experiments, ids differ); this llem version resolves "
+                        f"defaults differently: check out the locked commit {lock.get('tool_commit')}")
+    if [r.run_id for r in plan] != lock.get("run_order"):
+        problems.append("execution: the run order differs from the locked order; keep execution as locked")
+    for model, rev in model_pins(study).items():
+        if lock.get("models", {}).get(model) != rev:
+            problems.append(f"model: {model} is now {rev}, locked {lock.get('models', {}).get(model)}; "
+                            "use the locked weights")
+    for ds, pin in dataset_pins(study).items():
+        if lock.get("datasets", {}).get(ds) != pin:
+            problems.append(f"dataset: {ds} is now {pin}, locked {lock.get('datasets', {}).get(ds)}; "
+                            "use the locked prompt file")
+    if lock.get("runner") == "docker" and runner == "docker":
+        for backend, now in image_pins(study).items():
+            was = (lock.get("images") or {}).get(backend, {})
+            if now["id"] != was.get("id"):
+                problems.append(f"image: {backend} is {now['id'] or 'not built'} ({now['tag']}), locked "
+                                f"{was.get('id')}; build it from the locked commit")
+    if problems:
+        raise UserError(f"{study.path}: does not match its lock:\n  " + "\n  ".join(problems))
+
+
+def load_lock_summary(study_dir: Path) -> dict[str, Any] | None:
+    """The lock of a study directory for reports, or None when it was not a publication run."""
+    path = study_dir / LOCK_FILE
+    if not path.exists():
+        return None
+    try:
+        return dict(yaml.safe_load(path.read_text(encoding="utf-8")).get("lock") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def environment_json(study_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((study_dir / ENVIRONMENT_FILE).read_text())
+    except (OSError, ValueError):
+        return None

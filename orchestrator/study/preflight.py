@@ -1,0 +1,124 @@
+"""Checks made before any run starts, so that a study never fails halfway through
+for a reason that was knowable up front (missing dataset, impossible device...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.models import BUILTIN_MODELS, ModelNotFound, resolve_model
+from llenergymeasure.backends.prompts import DatasetError, dataset_path, read_jsonl_prompts
+from llenergymeasure.backends.registry import implemented_backends
+from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.execution.runners.base import Runner
+from llenergymeasure.orchestrator.study.load import Study
+
+
+@dataclass
+class Resolved:
+    device: str
+    problem: str | None = None  # why this experiment can't run here (dry runs only)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_backend_settings(cfg: ExperimentConfig, device: str) -> None:
+    if cfg.backend != "pytorch":
+        return
+    pt = cfg.pytorch
+    assert pt is not None
+    for flag in ("load_in_4bit", "load_in_8bit"):
+        if getattr(pt, flag):
+            if device == "cpu":
+                raise UserError(
+                    f"pytorch.{flag}: bitsandbytes quantisation needs a CUDA GPU and this run "
+                    "is on the CPU; remove it or run on a GPU machine"
+                )
+            if not _has("bitsandbytes"):
+                raise UserError(f"pytorch.{flag}: needs the bitsandbytes package; pip install bitsandbytes")
+    if pt.attn_implementation == "flash_attention_2":
+        if device == "cpu":
+            raise UserError(
+                "pytorch.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa or eager on the CPU"
+            )
+        if not _has("flash_attn"):
+            raise UserError("pytorch.attn_implementation: flash_attention_2 needs the flash-attn package")
+
+
+GPU_ONLY_BACKENDS = ("vllm", "tensorrt")
+
+
+def _check_one(
+    cfg: ExperimentConfig, runner: Runner, notify: Callable[[str], None],
+    models: dict[tuple[str, str | None], str], datasets: dict[str, int],
+) -> Resolved:
+    try:
+        device = runner.resolve_device(cfg.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.backend in GPU_ONLY_BACKENDS and device == "cpu":
+        raise UserError(
+            f"backend: '{cfg.backend}' needs an NVIDIA GPU and this run would be on the CPU "
+            f"(no GPU visible to the {runner.name} runner); use backend: pytorch here"
+        )
+    if cfg.backend not in implemented_backends():
+        raise UserError(
+            f"backend: '{cfg.backend}' has no adapter in this version of llem "
+            f"(available: {', '.join(implemented_backends())}); remove it from the study"
+        )
+    _check_backend_settings(cfg, device)
+
+    if cfg.lora_adapter and not (Path(cfg.lora_adapter).expanduser() / "adapter_config.json").is_file():
+        raise UserError(
+            f"lora_adapter: '{cfg.lora_adapter}' is not a PEFT adapter directory (no adapter_config.json)"
+        )
+
+    key = (cfg.model, cfg.model_revision)
+    if key not in models:
+        if cfg.model in BUILTIN_MODELS:
+            notify(f"preparing built-in model {cfg.model} (built once, then cached)")
+        try:
+            models[key] = str(resolve_model(cfg.model, cfg.model_revision))
+        except ModelNotFound as e:
+            raise UserError(str(e)) from None
+
+    if cfg.dataset not in datasets:
+        try:
+            path = dataset_path(cfg.dataset)
+            datasets[cfg.dataset] = len(read_jsonl_prompts(path)) if path else -1
+        except DatasetError as e:
+            raise UserError(str(e)) from None
+    available = datasets[cfg.dataset]
+    if 0 <= available < cfg.n_prompts:
+        raise UserError(
+            f"n_prompts: {cfg.n_prompts} requested but dataset '{cfg.dataset}' has only "
+            f"{available} prompts; lower n_prompts"
+        )
+    return Resolved(device=device)
+
+
+def check_study(
+    study: Study, runner: Runner, notify: Callable[[str], None] = print, strict: bool = True
+) -> dict[int, Resolved]:
+    """Resolve every experiment's device, model and dataset. Strict (a real run):
+    the first problem raises UserError naming the experiment and the fix. Not
+    strict (a dry run): problems are returned in `Resolved.problem` instead, so
+    the plan can still be shown on a machine that can't run it."""
+    resolved: dict[int, Resolved] = {}
+    models: dict[tuple[str, str | None], str] = {}
+    datasets: dict[str, int] = {}
+    for exp in study.experiments:
+        where = f"experiment {exp.index} ({exp.label})" if study.is_study else "experiment"
+        try:
+            resolved[exp.index] = _check_one(exp.config, runner, notify, models, datasets)
+        except UserError as e:
+            if strict:
+                raise UserError(f"{where}: {e}") from None
+            resolved[exp.index] = Resolved(device="-", problem=str(e))
+    return resolved

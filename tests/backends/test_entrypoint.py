@@ -1,0 +1,89 @@
+"""`python -m llenergymeasure.backends`: the run contract, exercised in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.harness.result import RunError, RunResult
+
+
+def run_backend(run_dir: Path, config_json: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLEM_EXPERIMENT")}
+    env["LLEM_RUN_DIR"] = str(run_dir)
+    if config_json is not None:
+        env["LLEM_EXPERIMENT_JSON"] = config_json
+    return subprocess.run([sys.executable, "-m", "llenergymeasure.backends"], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_successful_run_writes_a_valid_result(tiny_model, tmp_path):
+    cfg = ExperimentConfig(model="llem/tiny-llama", n_prompts=6, max_input_tokens=24,
+                           max_output_tokens=8, pytorch={"batch_size": 4})
+    p = run_backend(tmp_path, cfg.canonical_json())
+    assert p.returncode == 0, p.stderr
+    result = RunResult.model_validate_json((tmp_path / "result.json").read_text())
+    m = result.metrics
+    assert result.experiment_id == cfg.config_hash()
+    assert m.output_tokens == m.n_requests * 8  # fixed output length
+    assert m.input_tokens == m.n_requests * 24  # synthetic prompts truncate to exactly max_input_tokens
+    assert 0 < m.ttft_ms_p50 <= m.ttft_ms_p99 and 0 < m.itl_ms_p50 <= m.itl_ms_p99
+    assert m.output_tokens_per_s == pytest.approx(m.output_tokens / m.duration_s)
+    assert m.peak_memory_mb > 0 and m.model_load_s > 0
+    assert m.flops_estimate == 2 * result.resolved.n_parameters * (m.input_tokens + m.output_tokens)
+    assert result.resolved.device == "cpu" and result.resolved.dtype == "float32"
+    # CPU runs are measured by RAPL where readable; otherwise energy is null and says why
+    if result.energy_source == "rapl":
+        assert m.energy_j > 0 and m.cpu_energy_j == m.energy_j
+    else:
+        assert m.energy_j is None and "RAPL" in result.energy_unavailable_reason
+    # passes repeat until the window lasts measurement.min_window_s (default 5 s)
+    assert m.n_passes >= 2 and m.n_requests == 6 * m.n_passes
+    assert m.duration_s >= 5.0 or (m.n_passes == 1000 and any(w.startswith("window_short") for w in result.warnings))
+    assert result.environment["packages"]["torch"].startswith("2.13.0")
+    assert not (tmp_path / "error.json").exists()
+    ts = pd.read_parquet(tmp_path / "timeseries.parquet")
+    assert {"t_s", "phase", "device", "memory_used_mb"} <= set(ts.columns)
+    assert {"load", "window"} <= set(ts["phase"])
+
+
+@pytest.mark.slow
+def test_batches_share_a_submission_time_and_ttft_grows_with_batch(tiny_model, tmp_path):
+    out = {}
+    for bs in (1, 6):
+        cfg = ExperimentConfig(model="llem/tiny-llama", n_prompts=6, max_input_tokens=256,
+                               max_output_tokens=4, pytorch={"batch_size": bs})
+        d = tmp_path / f"bs{bs}"
+        assert run_backend(d, cfg.canonical_json()).returncode == 0
+        out[bs] = RunResult.model_validate_json((d / "result.json").read_text()).metrics
+    # one batch of 6 prefills 6 prompts before any first token: TTFT is longer
+    assert out[6].ttft_ms_p50 > out[1].ttft_ms_p50
+
+
+def test_missing_or_invalid_config_exits_2_with_error_json(tmp_path):
+    p = run_backend(tmp_path / "a", None)
+    assert p.returncode == 2
+    err = RunError.model_validate_json((tmp_path / "a" / "error.json").read_text())
+    assert "LLEM_EXPERIMENT_JSON is not set" in err.message
+
+    p = run_backend(tmp_path / "b", json.dumps({"model": "m", "pytorch": {"batchsize": 1}}))
+    assert p.returncode == 2 and "batchsize" in (tmp_path / "b" / "error.json").read_text()
+    assert not (tmp_path / "b" / "result.json").exists()
+
+
+def test_runtime_failure_exits_1_with_error_json(tmp_path):
+    cfg = ExperimentConfig(model="llem/tiny-llama", dataset=str(tmp_path / "missing.jsonl"))
+    p = run_backend(tmp_path / "run", cfg.canonical_json())
+    assert p.returncode == 1
+    err = json.loads((tmp_path / "run" / "error.json").read_text())
+    assert err["status"] == "failed" and err["error_type"] == "DatasetError"
+    assert err["experiment_id"] == cfg.config_hash()
+    assert not (tmp_path / "run" / "result.json").exists()

@@ -1,0 +1,200 @@
+"""Measurement-protocol logic: validity warnings, thermal plateau, steady state,
+baseline reuse, the minimum window. Hardware readings are scripted data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from llenergymeasure.backends import contract
+from llenergymeasure.backends.config import MeasurementConfig
+from llenergymeasure.backends.harness.energy import EnergyReading
+from llenergymeasure.backends.harness.metrics import compute_metrics
+from llenergymeasure.backends.harness.protocol import reusable_baseline
+from llenergymeasure.backends.harness.result import Baseline
+from llenergymeasure.backends.harness.stabilise import wait_for_plateau
+from llenergymeasure.backends.harness.steady_state import steady_state_window
+from llenergymeasure.backends.harness.validity import CODES, gpu_window_warnings, window_warnings
+from llenergymeasure.backends.registry import RequestRecord
+
+
+# -- validity warnings: each code has a trigger and a non-trigger -----------------------
+
+def gpu_rows(n=20, **over):
+    rows = []
+    for i in range(n):
+        r = dict(t_s=i * 0.1, phase="window", device="GPU-a", power_w=300.0, temperature_c=60.0,
+                 memory_used_mb=1000.0, utilization_pct=90.0, sm_clock_mhz=1980.0, mem_clock_mhz=2600.0,
+                 throttle_reasons="", foreign_processes=0)
+        for k, v in over.items():
+            r[k] = v(i) if callable(v) else v
+        rows.append(r)
+    return rows
+
+
+def codes(warnings):
+    return {w.split(":", 1)[0] for w in warnings}
+
+
+def test_clean_gpu_window_has_no_warnings():
+    assert gpu_window_warnings(gpu_rows()) == []
+
+
+@pytest.mark.parametrize("over, code", [
+    ({"throttle_reasons": lambda i: "sw_thermal" if i == 7 else ""}, "thermal_throttling"),
+    ({"throttle_reasons": "sw_power_cap"}, "power_capping"),
+    ({"foreign_processes": lambda i: 1 if i > 15 else 0}, "foreign_processes"),
+    ({"sm_clock_mhz": lambda i: 1980.0 if i < 10 else 1400.0}, "clock_drift"),
+    ({"temperature_c": lambda i: 55.0 + i}, "temperature_drift"),
+])
+def test_each_gpu_warning_triggers(over, code):
+    assert codes(gpu_window_warnings(gpu_rows(**over))) == {code}
+
+
+def test_small_changes_stay_quiet():
+    rows = gpu_rows(sm_clock_mhz=lambda i: 1980.0 - i, temperature_c=lambda i: 60 + i * 0.1,
+                    throttle_reasons="gpu_idle")
+    assert gpu_window_warnings(rows) == []
+
+
+BASE = dict(duration_s=10.0, min_window_s=5.0, passes=1, coverage=0.98, persistence={"GPU-a": True},
+            stabilised=True, stabilisation_detail="ok", short_requests=0, max_output_tokens=8)
+
+
+def test_clean_window_has_no_warnings():
+    assert window_warnings(**BASE) == []
+
+
+@pytest.mark.parametrize("over, code", [
+    ({"duration_s": 3.0, "passes": 20}, "window_short"),
+    ({"coverage": 0.5}, "low_sampling_coverage"),
+    ({"persistence": {"GPU-a": False}}, "persistence_mode_off"),
+    ({"stabilised": False}, "not_stabilised"),
+    ({"short_requests": 2}, "output_length"),
+])
+def test_each_window_warning_triggers(over, code):
+    assert codes(window_warnings(**{**BASE, **over})) == {code}
+
+
+def test_unknown_persistence_and_no_stabilisation_stay_quiet():
+    assert window_warnings(**{**BASE, "persistence": {"GPU-a": None}, "stabilised": None,
+                              "coverage": None}) == []
+
+
+def test_every_code_is_explained():
+    assert all(isinstance(v, str) and v for v in CODES.values())
+
+
+# -- thermal stabilisation -----------------------------------------------------------------
+
+class ScriptedClock:
+    """Time advances only when the code sleeps: the wait loop runs instantly."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def plateau_after(clock, settle_s, temp_end=70.0):
+    def read():
+        t = min(clock.t, settle_s)
+        return (40.0 + (temp_end - 40.0) * t / settle_s, 100.0 + 150.0 * t / settle_s)
+    return read
+
+
+def test_waits_until_temperature_and_power_plateau():
+    clock = ScriptedClock()
+    m = MeasurementConfig(stabilisation_max_s=120, stabilisation_window_s=5)
+    st = wait_for_plateau(plateau_after(clock, 30.0), m, clock=clock, sleep=clock.sleep)
+    assert st.reached is True and 33 <= st.waited_s <= 36  # 30 s ramp + most of a 5 s window
+
+
+def test_gives_up_at_the_maximum_and_says_so():
+    clock = ScriptedClock()
+    m = MeasurementConfig(stabilisation_max_s=20, stabilisation_window_s=5)
+    st = wait_for_plateau(plateau_after(clock, 300.0, temp_end=190.0), m, clock=clock, sleep=clock.sleep)
+    assert st.reached is False and 20 <= st.waited_s <= 21 and "still moving" in st.detail
+
+
+def test_minimum_wait_is_respected_and_zero_disables():
+    clock = ScriptedClock()
+    flat = lambda: (50.0, 200.0)  # noqa: E731
+    m = MeasurementConfig(stabilisation_max_s=60, stabilisation_min_s=12, stabilisation_window_s=2)
+    assert wait_for_plateau(flat, m, clock=clock, sleep=clock.sleep).waited_s >= 12
+    st = wait_for_plateau(flat, MeasurementConfig(stabilisation_max_s=0))
+    assert st.reached is None and st.waited_s == 0
+    st = wait_for_plateau(lambda: (None, None), MeasurementConfig())
+    assert st.reached is None and "no temperature" in st.detail
+
+
+# -- steady state ----------------------------------------------------------------------------
+
+def continuous_batching(n_requests=20, cap=4, tokens=lambda i: 3 + i % 4, step=0.01):
+    """Records as an engine running `cap` requests at once would produce; requests
+    of different lengths, so they finish and are replaced at different steps."""
+    records, running, queue, t = [], {}, list(range(n_requests)), 0.0
+    times = {i: [] for i in range(n_requests)}
+    while queue or running:
+        while queue and len(running) < cap:
+            running[queue.pop(0)] = 0
+        t += step
+        for i in list(running):
+            times[i].append(t)
+            running[i] += 1
+            if running[i] == tokens(i):
+                del running[i]
+    return [RequestRecord(input_tokens=3, submitted_s=0.0, token_times_s=times[i]) for i in range(n_requests)]
+
+
+def in_flight(records, t):
+    return sum(1 for r in records if r.token_times_s[0] <= t <= r.token_times_s[-1])
+
+
+def test_steady_state_spans_the_full_concurrency_plateau():
+    recs = continuous_batching()
+    st = steady_state_window(recs, min_duration_s=0.01)
+    assert st.concurrency == 4
+    grid = [k / 1000 for k in range(0, 400)]
+    assert all(in_flight(recs, t) < 4 for t in grid if t < st.start_s - 1e-9)  # ramp-up excluded
+    assert all(in_flight(recs, t) < 4 for t in grid if t > st.end_s + 1e-9)  # drain excluded
+    assert in_flight(recs, st.start_s) == 4 and in_flight(recs, st.end_s) == 4
+    last_token = max(r.token_times_s[-1] for r in recs)
+    assert st.end_s < last_token  # the queue drained before the last request finished
+    assert st.output_tokens == sum(1 for r in recs for t in r.token_times_s if st.start_s <= t <= st.end_s)
+    assert steady_state_window(recs[:1]) is None
+
+
+def test_steady_metrics_are_reported_beside_whole_window():
+    recs = continuous_batching()
+    st = steady_state_window(recs, min_duration_s=0.01)
+    m = compute_metrics(recs, EnergyReading(duration_s=0.3, energy_j=30.0), model_load_s=0,
+                        peak_memory_mb=None, n_parameters=10, baseline_power_w=None, n_passes=2,
+                        steady=st, steady_energy_j=12.0)
+    assert m.n_passes == 2 and m.energy_per_request_j == pytest.approx(30.0 / 20)
+    assert m.energy_per_total_token_j == pytest.approx(30.0 / (m.input_tokens + m.output_tokens))
+    assert m.energy_per_flop_j == pytest.approx(30.0 / m.flops_estimate)
+    assert m.steady_state_concurrency == 4
+    assert m.steady_state_energy_per_output_token_j == pytest.approx(12.0 / st.output_tokens)
+    assert m.steady_state_output_tokens_per_s == pytest.approx(st.output_tokens / st.duration_s)
+
+
+# -- baseline reuse ---------------------------------------------------------------------------
+
+def test_baseline_is_reused_only_when_fresh_and_from_the_same_gpus(monkeypatch):
+    b = Baseline(power_w=61.5, measured_at_unix=time.time() - 30, devices=["GPU-a"], reused=False)
+    monkeypatch.setenv(contract.ENV_BASELINE, b.model_dump_json())
+    reuse = MeasurementConfig(baseline_reuse_s=600)
+    got = reusable_baseline(reuse, ["GPU-a"])
+    assert got.reused is True and got.power_w == 61.5
+    assert reusable_baseline(MeasurementConfig(baseline_reuse_s=10), ["GPU-a"]) is None  # stale
+    assert reusable_baseline(reuse, ["GPU-b"]) is None  # other device
+    assert reusable_baseline(MeasurementConfig(), ["GPU-a"]) is None  # reuse off
+    monkeypatch.setenv(contract.ENV_BASELINE, json.dumps({"nonsense": 1}))
+    assert reusable_baseline(reuse, ["GPU-a"]) is None

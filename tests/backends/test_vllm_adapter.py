@@ -1,0 +1,577 @@
+"""The vLLM adapter, driven by FakeVllmEngine.
+
+vLLM needs a CUDA GPU and is installed only in its image, so nothing here runs
+vLLM. FakeVllmEngine stands in for vLLM's V1 `LLMEngine`: it implements the
+adapter's `VllmEngine` protocol with vLLM's semantics as read in the 0.31.0
+source (DELTA outputs: each step returns, per running request, only its new
+tokens; `request_id` in outputs is the id the caller passed; at most
+`max_num_seqs` requests run at once, the rest wait). Each simulated step takes
+real (small) time, so the timestamps the adapter records are real.
+tests/backends/test_pinned_apis_vllm.py checks the real names against vLLM's source.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from llenergymeasure.backends.config import ExperimentConfig, VLLMConfig
+from llenergymeasure.backends.harness.energy import EnergyReading
+from llenergymeasure.backends.harness.metrics import compute_metrics
+from llenergymeasure.backends.registry import BackendUnavailable, create_backend
+from llenergymeasure.backends.vllm.backend import (
+    LORA_INT_ID,
+    VLLMBackend,
+    count_parameters,
+    engine_kwargs,
+    lora_request_kwargs,
+    sampling_kwargs,
+    vllm_lora_rank,
+)
+
+EOS = 2
+BOS = 1
+
+
+# -- the fake engine ----------------------------------------------------------------------
+
+
+class FakeTokenizer:
+    """Whitespace tokenizer with a BOS, same `encode` signature as vLLM's TokenizerLike."""
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+        self.calls: list[dict[str, Any]] = []
+
+    def encode(self, text: str, truncation: bool | None = None, max_length: int | None = None,
+               add_special_tokens: bool = True) -> list[int]:
+        self.calls.append({"truncation": truncation, "max_length": max_length,
+                           "add_special_tokens": add_special_tokens})
+        ids = ([BOS] if add_special_tokens else []) + [
+            self.vocab.setdefault(w, 10 + len(self.vocab)) for w in text.split()
+        ]
+        return ids[:max_length] if truncation and max_length else ids
+
+
+@dataclass
+class _Completion:
+    token_ids: list[int]
+
+
+@dataclass
+class _Output:
+    request_id: str
+    outputs: list[_Completion]
+    finished: bool
+
+
+@dataclass
+class _Req:
+    request_id: str
+    prompt_len: int
+    params: Any
+    lora_request: Any
+    eos_at: int | None  # output position at which the "model" samples EOS
+    generated: int = 0
+
+
+@dataclass
+class FakeVllmEngine:
+    """Stands in for vLLM's V1 LLMEngine (which needs a GPU).
+
+    Per step: sleep `step_s` (the forward pass), admit waiting requests while fewer
+    than `max_num_seqs` run, give every running request `tokens_per_step` tokens
+    (fewer if it hits max_tokens or EOS), return one DELTA output per request that
+    got tokens. A request stops at max_tokens, or at EOS when not ignore_eos and
+    min_tokens are done. `eos_at(request_index)` says where EOS would be sampled.
+    """
+
+    max_num_seqs: int = 4
+    step_s: float = 0.002
+    tokens_per_step: int = 1
+    eos_at: Any = None  # callable(index) -> int | None
+    fail_at_step: int | None = None
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    waiting: list[_Req] = field(default_factory=list)
+    running: list[_Req] = field(default_factory=list)
+    added: list[_Req] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    steps: int = 0
+    max_running_seen: int = 0
+    events: list[str] = field(default_factory=list)
+    reset_ok: bool = True
+
+    def get_tokenizer(self) -> FakeTokenizer:
+        return self.tokenizer
+
+    def add_request(self, request_id: str, prompt: Any, params: Any,
+                    arrival_time: float | None = None, lora_request: Any = None) -> str:
+        assert isinstance(request_id, str)
+        assert set(prompt) == {"prompt_token_ids"}, "adapter must pass a TokensPrompt"
+        eos = self.eos_at(len(self.added)) if self.eos_at else None
+        req = _Req(request_id, len(prompt["prompt_token_ids"]), params, lora_request, eos)
+        self.added.append(req)
+        self.waiting.append(req)
+        self.events.append("add")
+        return f"{request_id}-internal"  # vLLM returns its internal id, not the caller's
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
+        assert internal is False  # the adapter aborts by its own (external) ids
+        self.aborted.extend(request_ids)
+        self.waiting = [r for r in self.waiting if r.request_id not in request_ids]
+        self.running = [r for r in self.running if r.request_id not in request_ids]
+
+    def reset_prefix_cache(self, reset_running_requests: bool = False,
+                           reset_connector: bool = False) -> bool:
+        assert not reset_running_requests  # the adapter resets only an idle engine
+        assert not self.running and not self.waiting
+        self.events.append("reset")
+        return self.reset_ok
+
+    def step(self) -> list[_Output]:
+        self.steps += 1
+        self.events.append("step")
+        if self.fail_at_step == self.steps:
+            raise RuntimeError("fake engine failure")
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            self.running.append(self.waiting.pop(0))
+        self.max_running_seen = max(self.max_running_seen, len(self.running))
+        time.sleep(self.step_s)
+        outputs = []
+        for req in list(self.running):
+            p = req.params
+            new: list[int] = []
+            finished = False
+            for _ in range(self.tokens_per_step):
+                pos = req.generated
+                can_stop = not p.ignore_eos and pos >= p.min_tokens
+                if req.eos_at is not None and pos == req.eos_at and can_stop:
+                    new.append(EOS)
+                    req.generated += 1
+                    finished = True
+                    break
+                new.append(100 + pos)
+                req.generated += 1
+                if req.generated >= p.max_tokens:
+                    finished = True
+                    break
+            if finished:
+                self.running.remove(req)
+            outputs.append(_Output(req.request_id, [_Completion(new)], finished))
+        return outputs
+
+
+def fake_params(config: ExperimentConfig) -> SimpleNamespace:
+    """The adapter's SamplingParams kwargs, with vLLM's defaults for what it leaves out."""
+    kw = {"min_tokens": 0, "ignore_eos": False, **sampling_kwargs(config)}
+    return SimpleNamespace(**kw)
+
+
+def cfg(**over: Any) -> ExperimentConfig:
+    base: dict[str, Any] = {"model": "llem/tiny-llama", "backend": "vllm", "n_prompts": 10,
+                            "max_input_tokens": 16, "max_output_tokens": 6}
+    base.update(over)
+    return ExperimentConfig.model_validate(base)
+
+
+def attached(config: ExperimentConfig, engine: FakeVllmEngine, max_model_len: int = 4096,
+             lora_request: Any = None) -> VLLMBackend:
+    backend = VLLMBackend(config)
+    backend.attach(engine, max_num_seqs=engine.max_num_seqs, max_model_len=max_model_len,
+                   sampling_params=fake_params(config), lora_request=lora_request)
+    return backend
+
+
+PROMPTS = [" ".join(f"w{i}_{j}" for j in range(3 + i)) for i in range(10)]
+
+
+# -- module and registry --------------------------------------------------------------------
+
+
+def test_imports_without_vllm_and_load_explains() -> None:
+    assert "vllm" not in sys.modules  # this environment has no vLLM
+    backend = create_backend(cfg())
+    assert isinstance(backend, VLLMBackend)
+    with pytest.raises(BackendUnavailable, match="needs the vllm package"):
+        backend.load()
+
+
+def test_generate_before_load_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="load"):
+        VLLMBackend(cfg()).prepare(["a"])
+
+
+# -- engine_kwargs --------------------------------------------------------------------------
+
+
+def test_engine_kwargs_defaults_omit_none() -> None:
+    kw = engine_kwargs(cfg(seed=7), "/models/m")
+    assert kw == {
+        "model": "/models/m",
+        "dtype": "auto",
+        "kv_cache_dtype": "auto",
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "enforce_eager": False,
+        "seed": 7,
+        "disable_log_stats": True,
+        "use_tqdm_on_load": False,
+    }
+    for unset in ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",
+                  "enable_chunked_prefill", "quantization", "max_model_len", "enable_lora"):
+        assert unset not in kw
+
+
+ALL_SET = {
+    "dtype": "bfloat16",
+    "max_num_seqs": 48,
+    "max_num_batched_tokens": 4096,
+    "gpu_memory_utilization": 0.75,
+    "enable_prefix_caching": False,
+    "enable_chunked_prefill": False,
+    "kv_cache_dtype": "fp8_e5m2",
+    "quantization": "awq_marlin",
+    "tensor_parallel_size": 2,
+    "pipeline_parallel_size": 3,
+    "enforce_eager": True,
+    "max_model_len": 2048,
+}
+
+
+def test_all_set_covers_every_vllm_field() -> None:
+    assert set(ALL_SET) == set(VLLMConfig.model_fields)
+    defaults = VLLMConfig()
+    for name, value in ALL_SET.items():
+        assert getattr(defaults, name) != value, f"{name}: pick a non-default value"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SET))
+def test_engine_kwargs_every_option_lands_under_its_name(name: str) -> None:
+    value = ALL_SET[name]
+    kw = engine_kwargs(cfg(vllm={name: value}), "/m")
+    assert kw[name] == value
+    # and no other section option changed
+    base = engine_kwargs(cfg(), "/m")
+    assert {k: v for k, v in kw.items() if k != name} == {k: v for k, v in base.items() if k != name}
+
+
+def test_engine_kwargs_all_options_together() -> None:
+    kw = engine_kwargs(cfg(vllm=ALL_SET), "/m")
+    assert {k: kw[k] for k in ALL_SET} == ALL_SET
+    assert kw["seed"] == 42
+
+
+# -- LoRA --------------------------------------------------------------------------------
+
+
+def write_adapter(path: Path, r: int, rank_pattern: dict[str, int] | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": r, "rank_pattern": rank_pattern or {}})
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("r", "pattern", "expected"),
+    [(8, None, 8), (12, None, 16), (16, {"q_proj": 40}, 64), (1, None, 1), (300, None, 320)],
+)
+def test_lora_engine_kwargs(tmp_path: Path, r: int, pattern: dict | None, expected: int) -> None:
+    adapter = write_adapter(tmp_path / "a", r, pattern)
+    kw = engine_kwargs(cfg(lora_adapter=str(adapter)), "/m")
+    assert kw["enable_lora"] is True
+    assert kw["max_loras"] == 1
+    assert kw["max_lora_rank"] == expected
+
+
+def test_lora_rank_too_large() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        vllm_lora_rank(513)
+
+
+def test_lora_without_adapter_config_keeps_vllm_default_rank(tmp_path: Path) -> None:
+    kw = engine_kwargs(cfg(lora_adapter=str(tmp_path)), "/m")
+    assert kw["enable_lora"] is True and "max_lora_rank" not in kw
+
+
+def test_lora_request_kwargs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lora_request_kwargs(cfg()) is None
+    write_adapter(tmp_path / "ad", 8)
+    monkeypatch.chdir(tmp_path)
+    kw = lora_request_kwargs(cfg(lora_adapter="ad"))
+    assert kw == {"lora_name": "llem-adapter", "lora_int_id": LORA_INT_ID,
+                  "lora_path": str((tmp_path / "ad").resolve())}
+    assert kw["lora_int_id"] >= 1  # vLLM rejects ids < 1
+
+
+def test_lora_request_goes_with_every_request() -> None:
+    engine = FakeVllmEngine()
+    marker = object()
+    backend = attached(cfg(), engine, lora_request=marker)
+    backend.generate(backend.prepare(PROMPTS))
+    assert len(engine.added) == len(PROMPTS)
+    assert all(r.lora_request is marker for r in engine.added)
+
+
+def test_no_lora_request_without_adapter() -> None:
+    engine = FakeVllmEngine()
+    backend = attached(cfg(), engine)
+    backend.generate(backend.prepare(PROMPTS[:3]))
+    assert [r.lora_request for r in engine.added] == [None] * 3
+
+
+# -- sampling_kwargs ----------------------------------------------------------------------
+
+
+def test_fixed_length_sampling() -> None:
+    kw = sampling_kwargs(cfg(max_output_tokens=33))
+    assert kw["max_tokens"] == 33 and kw["min_tokens"] == 33 and kw["ignore_eos"] is True
+    assert kw["output_kind"] == "DELTA"
+    assert kw["n"] == 1
+
+
+def test_ignore_eos_false_stops_at_eos() -> None:
+    kw = sampling_kwargs(cfg(max_output_tokens=33, ignore_eos=False))
+    assert kw["max_tokens"] == 33
+    assert "min_tokens" not in kw and "ignore_eos" not in kw  # vLLM defaults: 0, False
+
+
+def test_greedy_sampling() -> None:
+    kw = sampling_kwargs(cfg())
+    assert kw["temperature"] == 0.0
+    assert "top_p" not in kw and "top_k" not in kw
+    assert "seed" not in kw  # engine-level seed only (see sampling_kwargs)
+
+
+def test_random_sampling() -> None:
+    kw = sampling_kwargs(cfg(sampling={"temperature": 0.7, "top_p": 0.9, "top_k": 50}))
+    assert (kw["temperature"], kw["top_p"], kw["top_k"]) == (0.7, 0.9, 50)
+
+
+# -- prepare ------------------------------------------------------------------------------
+
+
+def test_prepare_truncates_and_counts_exactly() -> None:
+    engine = FakeVllmEngine()
+    backend = attached(cfg(max_input_tokens=5), engine)
+    prepared = backend.prepare(["a b", "a b c d e f g h", ""])
+    assert prepared.input_tokens == [3, 5, 1]  # BOS + words, truncated to 5
+    assert [len(p["prompt_token_ids"]) for p in prepared.prompts] == [3, 5, 1]
+    assert prepared.prompts[0]["prompt_token_ids"][0] == BOS
+    assert all(c == {"truncation": True, "max_length": 5, "add_special_tokens": True}
+               for c in engine.tokenizer.calls)
+
+
+def test_prepare_refuses_requests_past_max_model_len() -> None:
+    backend = attached(cfg(max_input_tokens=16, max_output_tokens=6), FakeVllmEngine(),
+                       max_model_len=10)
+    with pytest.raises(ValueError, match="max_model_len"):
+        backend.prepare(["a b c d e f"])  # 7 tokens + 6 > 10
+    backend.prepare(["a b c"])  # 4 + 6 = 10 fits
+
+
+def test_prepare_with_a_real_hf_tokenizer(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    engine = FakeVllmEngine(tokenizer=tok)  # type: ignore[arg-type]
+    backend = attached(cfg(max_input_tokens=8), engine)
+    long = " ".join(["energy"] * 50)
+    prepared = backend.prepare([long, "hi"])
+    assert prepared.input_tokens[0] == 8
+    assert prepared.prompts[0]["prompt_token_ids"] == tok(long, truncation=True, max_length=8)["input_ids"]
+    assert prepared.input_tokens[1] == len(tok("hi")["input_ids"])
+
+
+# -- generate ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("max_batches", "expected"), [(1, 4), (2, 8), (3, 10), (None, 10)])
+def test_warmup_request_count(max_batches: int | None, expected: int) -> None:
+    engine = FakeVllmEngine(max_num_seqs=4, step_s=0.0)
+    backend = attached(cfg(), engine)
+    records = backend.generate(backend.prepare(PROMPTS), max_batches=max_batches)
+    assert len(records) == expected
+    assert len(engine.added) == expected
+    assert not engine.has_unfinished_requests()
+
+
+def test_all_requests_submitted_before_the_first_step() -> None:
+    engine = FakeVllmEngine(max_num_seqs=3)
+    backend = attached(cfg(), engine)
+    records = backend.generate(backend.prepare(PROMPTS))
+    first_token = min(r.token_times_s[0] for r in records)
+    assert max(r.submitted_s for r in records) < first_token
+    assert engine.max_running_seen == 3  # the engine, not the adapter, limited concurrency
+
+
+def test_records_fixed_length() -> None:
+    engine = FakeVllmEngine(max_num_seqs=4, step_s=0.003)
+    config = cfg(max_output_tokens=6)
+    backend = attached(config, engine)
+    prepared = backend.prepare(PROMPTS)
+    t0 = time.perf_counter()
+    records = backend.generate(prepared)
+    t1 = time.perf_counter()
+    assert [r.input_tokens for r in records] == prepared.input_tokens
+    assert [r.output_tokens for r in records] == [6] * len(PROMPTS)
+    subs = [r.submitted_s for r in records]
+    assert subs == sorted(subs) and t0 <= subs[0]
+    for r in records:
+        assert r.submitted_s < r.token_times_s[0] <= t1
+        assert r.token_times_s == sorted(r.token_times_s)
+        # one token per step: consecutive tokens are at least one step apart
+        assert min(b - a for a, b in zip(r.token_times_s, r.token_times_s[1:])) >= 0.003 * 0.9
+    # requests 5..8 waited for the first four to finish: their first token is later
+    assert records[4].token_times_s[0] >= records[0].token_times_s[-1]
+
+
+def test_tokens_in_one_step_share_a_timestamp() -> None:
+    engine = FakeVllmEngine(tokens_per_step=2, step_s=0.002)
+    backend = attached(cfg(max_output_tokens=6), engine)
+    records = backend.generate(backend.prepare(PROMPTS[:2]))
+    for r in records:
+        t = r.token_times_s
+        assert len(t) == 6
+        assert t[0] == t[1] and t[2] == t[3] and t[4] == t[5]
+        assert t[1] < t[2] < t[4]
+
+
+def test_ignore_eos_false_records_early_stops() -> None:
+    config = cfg(max_output_tokens=6, ignore_eos=False)
+    engine = FakeVllmEngine(eos_at=lambda i: 2 if i % 2 == 0 else None)
+    backend = attached(config, engine)
+    records = backend.generate(backend.prepare(PROMPTS))
+    # EOS sampled at position 2 (kept, as vLLM keeps a stop token): 3 tokens
+    assert [r.output_tokens for r in records] == [3, 6] * 5
+
+
+def test_ignore_eos_true_generates_through_eos() -> None:
+    engine = FakeVllmEngine(eos_at=lambda i: 2)
+    backend = attached(cfg(max_output_tokens=6), engine)
+    records = backend.generate(backend.prepare(PROMPTS))
+    assert [r.output_tokens for r in records] == [6] * 10
+
+
+def test_each_call_starts_with_an_empty_prefix_cache() -> None:
+    engine = FakeVllmEngine(step_s=0.0)
+    backend = attached(cfg(), engine)
+    prepared = backend.prepare(PROMPTS)
+    backend.generate(prepared, max_batches=1)  # warm-up fills vLLM's prefix cache...
+    start = len(engine.events)
+    backend.generate(prepared)  # ...which the measured call must not reuse
+    assert engine.events[start] == "reset"
+    assert engine.events.count("reset") == 2
+    assert all(e != "reset" for e in engine.events[start + 1:])
+
+
+def test_failed_prefix_cache_reset_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    engine = FakeVllmEngine(step_s=0.0, reset_ok=False)
+    backend = attached(cfg(), engine)
+    with caplog.at_level("WARNING", logger="llem.vllm"):
+        backend.generate(backend.prepare(PROMPTS[:2]))
+    assert "prefix cache" in caplog.text
+
+
+def test_repeated_calls_use_fresh_request_ids() -> None:
+    engine = FakeVllmEngine(step_s=0.0)
+    backend = attached(cfg(), engine)
+    prepared = backend.prepare(PROMPTS)
+    backend.generate(prepared, max_batches=1)
+    backend.generate(prepared)
+    ids = [r.request_id for r in engine.added]
+    assert len(ids) == 14 and len(set(ids)) == 14
+
+
+def test_engine_failure_aborts_pending_requests() -> None:
+    engine = FakeVllmEngine(max_num_seqs=2, fail_at_step=3)
+    backend = attached(cfg(), engine)
+    with pytest.raises(RuntimeError, match="fake engine failure"):
+        backend.generate(backend.prepare(PROMPTS))
+    assert len(engine.aborted) == 10  # nothing had finished by step 3 (6 tokens each)
+    assert not engine.has_unfinished_requests()
+
+
+def test_engine_that_loses_requests_is_an_error() -> None:
+    class Lossy(FakeVllmEngine):
+        def has_unfinished_requests(self) -> bool:
+            return self.steps < 2  # claims to be done too early
+
+    engine = Lossy(step_s=0.0)
+    backend = attached(cfg(), engine)
+    with pytest.raises(RuntimeError, match="never finished"):
+        backend.generate(backend.prepare(PROMPTS))
+    assert engine.aborted
+
+
+def test_synchronize_is_a_no_op() -> None:
+    assert attached(cfg(), FakeVllmEngine()).synchronize() is None
+
+
+# -- through the harness's metrics ----------------------------------------------------------
+
+
+def test_metrics_from_records() -> None:
+    step = 0.004
+    engine = FakeVllmEngine(max_num_seqs=4, step_s=step)
+    config = cfg(max_output_tokens=5)
+    backend = attached(config, engine)
+    prepared = backend.prepare(PROMPTS)
+    t0 = time.perf_counter()
+    records = backend.generate(prepared)
+    duration = time.perf_counter() - t0
+    m = compute_metrics(records, EnergyReading(duration_s=duration, energy_j=100.0),
+                        model_load_s=1.0, peak_memory_mb=None, n_parameters=1000,
+                        baseline_power_w=None)
+    assert m.n_requests == 10
+    assert m.output_tokens == 50
+    assert m.input_tokens == sum(prepared.input_tokens)
+    assert m.output_tokens_per_s == pytest.approx(50 / duration)
+    assert m.energy_per_output_token_j == pytest.approx(100.0 / 50)
+    # decode gaps are one simulated step (plus host overhead)
+    assert step * 0.9 <= m.itl_ms_p50 / 1000 < step * 5
+    # queued requests (5..10) wait for a whole earlier request: TTFT spreads out
+    assert m.ttft_ms_p50 / 1000 >= step * 0.9
+    assert m.ttft_ms_p90 / 1000 >= 5 * step * 0.9
+    assert m.ttft_ms_p90 - m.ttft_ms_p50 >= 3 * step * 1000  # a later wave waits ~5 steps more
+
+
+# -- parameter count -------------------------------------------------------------------------
+
+
+def test_count_parameters_from_safetensors(tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    n, how = count_parameters(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert n == sum(p.numel() for p in model.parameters())  # tied embeddings counted once
+    assert "safetensors" in how
+
+
+def test_count_parameters_sharded(tmp_path: Path) -> None:
+    import struct
+
+    def shard(name: str, tensors: dict[str, list[int]]) -> None:
+        header = {k: {"dtype": "F16", "shape": s, "data_offsets": [0, 0]} for k, s in tensors.items()}
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header).encode()
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(raw)) + raw)
+
+    shard("model-00001-of-00002.safetensors", {"a": [10, 20], "b": [5]})
+    shard("model-00002-of-00002.safetensors", {"c": [3, 3, 3]})
+    shard("consolidated.safetensors", {"a": [10, 20], "b": [5], "c": [3, 3, 3]})  # duplicate copy
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
+        "c": "model-00002-of-00002.safetensors"}}))
+    assert count_parameters(tmp_path)[0] == 200 + 5 + 27
