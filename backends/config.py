@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-BackendName = Literal["pytorch", "vllm", "tensorrt"]
-BACKENDS: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
+from llenergymeasure.backends.section import BackendSection
+from llenergymeasure.backends.table import BACKENDS, TABLE, backend_row
+
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -60,23 +61,6 @@ class MeasurementConfig(_Strict):
         return self
 
 
-class PyTorchConfig(_Strict):
-    """transformers `generate` with static batches."""
-
-    batch_size: int = Field(1, ge=1)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
-    torch_compile: bool = False
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-
-    @model_validator(mode="after")
-    def _one_quantisation(self) -> PyTorchConfig:
-        if self.load_in_4bit and self.load_in_8bit:
-            raise ValueError("load_in_4bit and load_in_8bit are exclusive: set at most one")
-        return self
-
-
 class SamplingConfig(_Strict):
     """Decoding, the same for every backend. temperature 0 = greedy."""
 
@@ -85,85 +69,15 @@ class SamplingConfig(_Strict):
     top_k: int = Field(0, ge=0, description="0 = no top-k filtering.")
 
 
-VLLM_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
-VLLM_QUANTIZATION = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors",
-                     "modelopt", "modelopt_fp4", "mxfp4", "torchao")
-
-
-class VLLMConfig(_Strict):
-    """vLLM offline engine (EngineArgs names; None = vLLM's own default)."""
-
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_num_seqs: int | None = Field(None, ge=1)
-    max_num_batched_tokens: int | None = Field(None, ge=1)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    enable_prefix_caching: bool | None = None
-    enable_chunked_prefill: bool | None = None
-    kv_cache_dtype: Literal[VLLM_KV_CACHE_DTYPES] = "auto"  # type: ignore[valid-type]
-    quantization: Literal[VLLM_QUANTIZATION] | None = None  # type: ignore[valid-type]
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = False
-    max_model_len: int | None = Field(None, ge=1)
-
-
-class TensorRTConfig(_Strict):
-    """TensorRT-LLM (LLM API, TensorRT engine flow). Build settings define the
-    engine (and its cache key); runtime settings do not."""
-
-    # build settings
-    dtype: Literal["auto", "float16", "bfloat16"] = "auto"
-    max_batch_size: int = Field(8, ge=1)
-    max_num_tokens: int | None = Field(None, ge=1)
-    max_input_len: int | None = Field(None, ge=1)
-    max_seq_len: int | None = Field(None, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    quantization: Literal["none", "fp8", "int8_weight_only", "int8_smoothquant",
-                          "w4a16_awq", "w4a16_gptq"] = "none"
-    kv_cache_quantization: Literal["none", "fp8", "int8"] = "none"
-    # (no builder optimisation level: TensorRT-LLM 1.2.1's BuildConfig has none to set)
-    # runtime settings; block reuse is off by default so that warm-up prompts
-    # don't hand the measured window a prefilled KV cache
-    kv_cache_enable_block_reuse: bool = False
-    kv_cache_free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)
-
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
-        "kv_cache_enable_block_reuse", "kv_cache_free_gpu_memory_fraction",
-    )
-
-    def build_settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RUNTIME_FIELDS}
-
-
-LORA_UNSUPPORTED = {
-    "pytorch": (
-        "lora_adapter: the pytorch backend does not apply LoRA adapters (vllm does); merge the "
-        "adapter into the base weights (peft: merge_and_unload, then save_pretrained) and point "
-        "model: at the merged directory, or use backend: vllm"
-    ),
-    "tensorrt": (
-        "lora_adapter: TensorRT-LLM builds its engine from one set of weights, so a LoRA adapter "
-        "must be merged first (peft: merge_and_unload, then save_pretrained) and model: must point "
-        "at the merged checkpoint; backend vllm applies adapters unmerged"
-    ),
-}
-
-SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "pytorch": PyTorchConfig,
-    "vllm": VLLMConfig,
-    "tensorrt": TensorRTConfig,
-}
-
-
-class ExperimentConfig(_Strict):
-    """One experiment: a model, a workload, a backend and its settings."""
+class _Experiment(_Strict):
+    """One experiment: a model, a workload, a backend and its settings (one optional
+    section per backend, added from the backend table below)."""
 
     model: str = Field(description="Built-in name (llem/tiny-llama), local directory or HF id.")
     model_revision: str | None = Field(
         None, description="Hugging Face revision (a commit hash pins it); local models ignore it."
     )
-    backend: BackendName = "pytorch"
+    backend: Literal[BACKENDS] = "pytorch"  # type: ignore[valid-type]
     dataset: str = Field("synthetic", description="synthetic, aienergyscore or a JSONL path.")
     n_prompts: int = Field(64, ge=1)
     max_input_tokens: int = Field(128, ge=1, description="Prompts are truncated to this length.")
@@ -178,9 +92,6 @@ class ExperimentConfig(_Strict):
     lora_adapter: str | None = Field(
         None, description="PEFT LoRA adapter directory, applied on top of model (vLLM only)."
     )
-    pytorch: PyTorchConfig | None = None
-    vllm: VLLMConfig | None = None
-    tensorrt: TensorRTConfig | None = None
 
     @field_validator("model", "dataset")
     @classmethod
@@ -197,36 +108,46 @@ class ExperimentConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _own_section_only(self) -> ExperimentConfig:
+    def _own_section_only(self) -> _Experiment:
         for name in BACKENDS:
             if name != self.backend and getattr(self, name) is not None:
                 raise ValueError(
                     f"section '{name}:' is set but backend is '{self.backend}'; "
                     f"remove the section or set backend: {name}"
                 )
-        if self.lora_adapter is not None and self.backend != "vllm":
-            raise ValueError(LORA_UNSUPPORTED[self.backend])
+        lora_unsupported = backend_row(self.backend).lora_unsupported
+        if self.lora_adapter is not None and lora_unsupported:
+            raise ValueError(lora_unsupported)
         # Fill the backend's own section with its defaults, so that an omitted
         # section and an explicit one with default values hash the same.
         if getattr(self, self.backend) is None:
-            setattr(self, self.backend, SECTION_MODELS[self.backend]())
+            setattr(self, self.backend, backend_row(self.backend).section())
         return self
 
     @property
-    def backend_section(self) -> BaseModel:
+    def backend_section(self) -> BackendSection:
         return getattr(self, self.backend)
 
     @property
     def gpus_per_run(self) -> int:
         """GPUs one run of this experiment spans when it runs on CUDA (tensor x pipeline parallel)."""
-        s = self.backend_section
-        return getattr(s, "tensor_parallel_size", 1) * getattr(s, "pipeline_parallel_size", 1)
+        return self.backend_section.gpus_per_run
 
     def canonical_json(self) -> str:
         return canonical_json(self.model_dump(mode="json", exclude_none=True))
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+
+
+# One optional section per row of the backend table (`pytorch:`, `vllm:`, ...): adding a
+# backend adds its section here without touching this file.
+ExperimentConfig = create_model(
+    "ExperimentConfig", __base__=_Experiment, __module__=__name__,
+    **{row.name: (row.section | None, None) for row in TABLE},  # type: ignore[call-overload]
+)
+ExperimentConfig.__doc__ = _Experiment.__doc__
 
 
 def canonical_json(obj: Any) -> str:

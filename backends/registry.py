@@ -1,4 +1,5 @@
-"""The one interface every backend adapter implements, and the registry of adapters.
+"""The one interface every backend adapter implements, and the registry of adapters
+(which module registers which backend is the backend table's, backends/table.py).
 
 The harness owns the protocol (timing, energy, windows); an adapter only loads a
 model, prepares inputs, generates and reports per-request token timestamps.
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.table import backend_row
 
 
 @dataclass
@@ -64,13 +66,6 @@ class Backend(Protocol):
 
 BackendFactory = Callable[[ExperimentConfig], Backend]
 
-# backend name -> module that registers it (imported lazily: vLLM and TensorRT-LLM
-# are heavy and exist only in their own images).
-_ADAPTER_MODULES: dict[str, str] = {
-    "pytorch": "llenergymeasure.backends.pytorch.backend",
-    "vllm": "llenergymeasure.backends.vllm.backend",
-    "tensorrt": "llenergymeasure.backends.tensorrt.backend",
-}
 _FACTORIES: dict[str, BackendFactory] = {}
 
 
@@ -86,16 +81,8 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     return deco
 
 
-def implemented_backends() -> tuple[str, ...]:
-    return tuple(_ADAPTER_MODULES)
-
-
 def create_backend(config: ExperimentConfig) -> Backend:
-    module = _ADAPTER_MODULES.get(config.backend)
-    if module is None:
-        raise BackendUnavailable(
-            f"backend: '{config.backend}' has no adapter in this version of llem; "
-            f"use one of: {', '.join(_ADAPTER_MODULES)}"
-        )
-    importlib.import_module(module)
+    """The adapter for the config's backend. Its module is imported here, in the run,
+    because vLLM and TensorRT-LLM are heavy and exist only in their own images."""
+    importlib.import_module(backend_row(config.backend).adapter_module)
     return _FACTORIES[config.backend](config)

@@ -32,10 +32,9 @@ from llenergymeasure.backends.harness.steady_state import steady_state_window
 from llenergymeasure.backends.harness.validity import gpu_window_warnings, window_warnings
 from llenergymeasure.backends.prompts import load_prompts
 from llenergymeasure.backends.registry import RequestRecord, create_backend
+from llenergymeasure.backends.table import backend_row
 
 log = logging.getLogger("llem.harness")
-
-CONTINUOUS_BATCHING = ("vllm", "tensorrt")
 
 
 def utc_now() -> str:
@@ -175,7 +174,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         cpu_energy = cpu_reading.energy_j if cpu_reading else None
 
     steady = steady_energy = None
-    if m.steady_state and config.backend in CONTINUOUS_BATCHING:
+    if m.steady_state and backend_row(config.backend).continuous_batching:
         steady = steady_state_window(first_pass)
         if steady:
             steady_energy = integrate_trapezoid(sampler.power_series("window"), steady.start_s, steady.end_s)

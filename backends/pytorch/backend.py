@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from llenergymeasure.backends.config import ExperimentConfig, PyTorchConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.pytorch.config import PyTorchConfig
 from llenergymeasure.backends.devices import resolve_dtype, run_device
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.models import resolve_model

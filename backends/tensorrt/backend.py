@@ -39,7 +39,8 @@ from typing import Any, Protocol
 
 from llenergymeasure.backends import contract
 from llenergymeasure.backends.atomic import write_json_atomic
-from llenergymeasure.backends.config import ExperimentConfig, TensorRTConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.devices import run_device
 from llenergymeasure.backends.models import count_parameters, resolve_model
 from llenergymeasure.backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from llenergymeasure.backends.config import ExperimentConfig, VLLMConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.vllm.config import VLLMConfig
 from llenergymeasure.backends.devices import run_device
 from llenergymeasure.backends.models import count_parameters, resolve_model
 from llenergymeasure.backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend

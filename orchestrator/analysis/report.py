@@ -12,7 +12,7 @@ import pandas as pd
 
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_bytes_atomic
-from llenergymeasure.backends.config import BACKENDS
+from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.backends.contract import TIMESERIES_FILE
 from llenergymeasure.orchestrator.analysis import charts
 from llenergymeasure.orchestrator.analysis.stats import is_missing

@@ -70,7 +70,8 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.backends.atomic import write_json_atomic
-from llenergymeasure.backends.config import ExperimentConfig, TensorRTConfig, canonical_json
+from llenergymeasure.backends.config import ExperimentConfig, canonical_json
+from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.paths import cache_dir
 from llenergymeasure.backends.processes import pid_alive
 from llenergymeasure.orchestrator.errors import Failure, UserError

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.backends import __version__
+from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.orchestrator.errors import Failure, UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,27 +32,28 @@ HASHED_TREES = ("backends", "datasets")
 
 @dataclass(frozen=True)
 class ImageSpec:
-    backend: str  # experiment config name: pytorch | vllm | tensorrt
-    directory: str  # under images/
+    """A backend's image: built from images/<backend>/ (a row of the backend table)."""
+
+    backend: str
+
+    @property
+    def directory(self) -> Path:
+        return REPO_ROOT / "images" / self.backend
 
     @property
     def dockerfile(self) -> Path:
-        return REPO_ROOT / "images" / self.directory / "Dockerfile"
+        return self.directory / "Dockerfile"
 
     @property
     def lockfile(self) -> Path:
-        return REPO_ROOT / "images" / self.directory / "requirements.lock"
+        return self.directory / "requirements.lock"
 
     @property
     def repository(self) -> str:
-        return f"llem-{self.directory}"
+        return f"llem-{self.backend}"
 
 
-IMAGES: dict[str, ImageSpec] = {
-    "pytorch": ImageSpec("pytorch", "pytorch"),
-    "vllm": ImageSpec("vllm", "vllm"),
-    "tensorrt": ImageSpec("tensorrt", "tensorrt"),
-}
+IMAGES: dict[str, ImageSpec] = {name: ImageSpec(name) for name in BACKENDS}
 
 
 def spec_for(backend: str) -> ImageSpec:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from llenergymeasure.backends import __version__
+from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.orchestrator.errors import Failure, UserError
 
 
@@ -351,11 +352,11 @@ def images_group() -> None:
 
 
 @images_group.command("build")
-@click.argument("backend", required=False, type=click.Choice(["pytorch", "vllm", "tensorrt"]))
+@click.argument("backend", required=False, type=click.Choice(BACKENDS))
 @click.option("--base", default=None, help="Base image instead of the Dockerfile's pinned default.")
 @_guard
 def images_build(backend: str | None, base: str | None) -> None:
-    """Build BACKEND's image (default: all three)."""
+    """Build BACKEND's image (default: every backend's)."""
     from llenergymeasure.orchestrator.build.images import IMAGES, base_for, build_image, docker_client
 
     client = docker_client()

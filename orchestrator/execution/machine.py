@@ -12,7 +12,7 @@ from importlib import metadata
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.paths import cache_dir, data_dir
 from llenergymeasure.backends.prompts import BUILTIN_DATASETS, installed_path
-from llenergymeasure.backends.registry import implemented_backends
+from llenergymeasure.backends.table import TABLE
 
 
 @dataclass
@@ -98,11 +98,10 @@ def collect() -> list[Check]:
                         f"zeus {zeus} installed (select with measurement.energy_source: zeus)"
                         if zeus else "not installed (optional: measurement.energy_source: zeus)"))
     checks.append(_docker())
-    for backend, pkg in (("pytorch", "transformers"), ("vllm", "vllm"), ("tensorrt", "tensorrt_llm")):
-        v = _version(pkg) if importlib.util.find_spec(pkg.replace("-", "_")) else None
-        adapter = backend in implemented_backends()
-        detail = (f"{pkg} {v}" if v else f"{pkg} not installed") + ("" if adapter else "; no adapter in this version")
-        checks.append(Check("backend", backend, bool(v) and adapter, detail))
+    for row in TABLE:
+        pkg = row.engine_package
+        v = _version(pkg) if importlib.util.find_spec(pkg) else None
+        checks.append(Check("backend", row.name, bool(v), f"{pkg} {v}" if v else f"{pkg} not installed"))
     checks.append(Check("paths", "results", True, os.path.abspath("results")))
     checks.append(Check("paths", "cache (built-in models)", True, str(cache_dir())))
     checks.append(Check("paths", "datasets", True, str(data_dir())))

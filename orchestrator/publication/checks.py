@@ -95,7 +95,7 @@ def base_problems(study: Study) -> list[str]:
         base = base_for(spec)
         if "@sha256:" not in base:
             out.append(f"image: the {backend} image's base {base} is referenced by tag only; pin it by digest "
-                       f"(name@sha256:...) in images/{spec.directory}/Dockerfile or LLEM_BASE_IMAGE_{backend.upper()}")
+                       f"(name@sha256:...) in images/{backend}/Dockerfile or LLEM_BASE_IMAGE_{backend.upper()}")
     return out
 
 

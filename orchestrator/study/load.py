@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llenergymeasure.backends.config import BACKENDS, ExperimentConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.orchestrator.study.analysis_section import Analysis, parse_analysis
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from llenergymeasure.backends.table import BACKENDS, TABLE
+
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names valid at the parent of `loc`, for 'did you mean' hints."""
@@ -25,11 +27,9 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def _other_backends_with(loc: tuple[Any, ...]) -> list[str]:
     """Backends whose section has this key, when it was given in another's section."""
-    from llenergymeasure.backends.config import SECTION_MODELS
-
-    if len(loc) != 2 or loc[0] not in SECTION_MODELS:
+    if len(loc) != 2 or loc[0] not in BACKENDS:
         return []
-    return [name for name, m in SECTION_MODELS.items() if name != loc[0] and loc[1] in m.model_fields]
+    return [r.name for r in TABLE if r.name != loc[0] and loc[1] in r.section.model_fields]
 
 
 def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:

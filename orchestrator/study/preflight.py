@@ -4,7 +4,6 @@ for a reason that was knowable up front (missing dataset, impossible device...).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.models import BUILTIN_MODELS, ModelNotFound, resolve_model
 from llenergymeasure.backends.prompts import DatasetError, dataset_path, read_jsonl_prompts
-from llenergymeasure.backends.registry import implemented_backends
+from llenergymeasure.backends.table import backend_row
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.runners.base import Runner
 from llenergymeasure.orchestrator.study.load import Study
@@ -24,36 +23,6 @@ class Resolved:
     problem: str | None = None  # why this experiment can't run here (dry runs only)
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def _check_backend_settings(cfg: ExperimentConfig, device: str) -> None:
-    if cfg.backend != "pytorch":
-        return
-    pt = cfg.pytorch
-    assert pt is not None
-    for flag in ("load_in_4bit", "load_in_8bit"):
-        if getattr(pt, flag):
-            if device == "cpu":
-                raise UserError(
-                    f"pytorch.{flag}: bitsandbytes quantisation needs a CUDA GPU and this run "
-                    "is on the CPU; remove it or run on a GPU machine"
-                )
-            if not _has("bitsandbytes"):
-                raise UserError(f"pytorch.{flag}: needs the bitsandbytes package; pip install bitsandbytes")
-    if pt.attn_implementation == "flash_attention_2":
-        if device == "cpu":
-            raise UserError(
-                "pytorch.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa or eager on the CPU"
-            )
-        if not _has("flash_attn"):
-            raise UserError("pytorch.attn_implementation: flash_attention_2 needs the flash-attn package")
-
-
-GPU_ONLY_BACKENDS = ("vllm", "tensorrt")
-
-
 def _check_one(
     cfg: ExperimentConfig, runner: Runner, notify: Callable[[str], None],
     models: dict[tuple[str, str | None], str], datasets: dict[str, int],
@@ -62,17 +31,14 @@ def _check_one(
         device = runner.resolve_device(cfg.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if cfg.backend in GPU_ONLY_BACKENDS and device == "cpu":
+    if backend_row(cfg.backend).gpu_only and device == "cpu":
         raise UserError(
             f"backend: '{cfg.backend}' needs an NVIDIA GPU and this run would be on the CPU "
             f"(no GPU visible to the {runner.name} runner); use backend: pytorch here"
         )
-    if cfg.backend not in implemented_backends():
-        raise UserError(
-            f"backend: '{cfg.backend}' has no adapter in this version of llem "
-            f"(available: {', '.join(implemented_backends())}); remove it from the study"
-        )
-    _check_backend_settings(cfg, device)
+    problem = cfg.backend_section.device_problem(device)
+    if problem:
+        raise UserError(problem)
 
     if cfg.lora_adapter and not (Path(cfg.lora_adapter).expanduser() / "adapter_config.json").is_file():
         raise UserError(

@@ -17,7 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from llenergymeasure.backends.config import BACKENDS
+from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.size import MAX_SWEEP_POINTS
 

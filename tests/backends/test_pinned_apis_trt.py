@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from llenergymeasure.backends.config import ExperimentConfig, TensorRTConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.tensorrt.backend import (
     KV_CACHE_QUANT_ALGOS,
     LLM_METHODS_USED,

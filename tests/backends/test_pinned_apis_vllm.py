@@ -27,7 +27,8 @@ from typing import Any, Literal, get_args, get_origin
 import pytest
 
 import llenergymeasure.backends.vllm.backend as adapter
-from llenergymeasure.backends.config import ExperimentConfig, VLLMConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.vllm.config import VLLMConfig
 
 VLLM_VERSION = "0.31.0"
 SDIST_URL = (

@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from llenergymeasure.backends.config import ExperimentConfig, TensorRTConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.metrics import compute_metrics
 from llenergymeasure.backends.registry import BackendUnavailable, create_backend

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from llenergymeasure.backends.config import ExperimentConfig, VLLMConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.vllm.config import VLLMConfig
 from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.metrics import compute_metrics
 from llenergymeasure.backends.registry import BackendUnavailable, create_backend

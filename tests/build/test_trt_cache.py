@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from llenergymeasure.backends.config import ExperimentConfig, TensorRTConfig
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.orchestrator.build import engine_store as tc
 from tests.support.helpers import REPO, llem
 

@@ -1,0 +1,24 @@
+"""What every backend's settings section (`pytorch:`, `vllm:`, `tensorrt:`) is.
+
+A section is a strict pydantic model (unknown keys are refused) that also declares
+the two things the rest of llem needs to know about it without looking inside:
+how many GPUs one run spans, and which settings a given device cannot run.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class BackendSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @property
+    def gpus_per_run(self) -> int:
+        """GPUs one run spans when it runs on CUDA (tensor x pipeline parallel)."""
+        return 1
+
+    def device_problem(self, device: str) -> str | None:
+        """Why these settings cannot run on `device` ("cpu", "cuda:0", ...), or None.
+        Checked before anything runs, so a study never fails halfway for it."""
+        return None

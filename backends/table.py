@@ -1,0 +1,50 @@
+"""THE backend table: one row per backend, and every list of backends derives from it
+(the experiment config's sections, the adapter registry, images, `llem config`,
+preflight checks, the CLI's choices).
+
+Adding a backend is: its package `backends/<name>/` (`config.py`: a BackendSection;
+`backend.py`: the adapter, registered with `@register_backend("<name>")`), its image
+folder `images/<name>/` (Dockerfile + requirements.lock), and one row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llenergymeasure.backends.pytorch import config as pytorch
+from llenergymeasure.backends.section import BackendSection
+from llenergymeasure.backends.tensorrt import config as tensorrt
+from llenergymeasure.backends.vllm import config as vllm
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    name: str  # `backend:` value, section key, package backends/<name>/, image folder images/<name>/
+    section: type[BackendSection]  # its settings section
+    engine_package: str  # the importable package that means the engine is installed
+    gpu_only: bool  # refuses to run on the CPU
+    continuous_batching: bool  # requests in flight vary over a pass: a steady-state window applies
+    lora_unsupported: str | None = None  # None: applies LoRA adapters; else why not, and what to do
+
+    @property
+    def adapter_module(self) -> str:
+        """The module whose import registers the adapter (imported only by a run)."""
+        return f"llenergymeasure.backends.{self.name}.backend"
+
+
+TABLE: tuple[BackendRow, ...] = (
+    BackendRow("pytorch", pytorch.PyTorchConfig, "transformers", gpu_only=False, continuous_batching=False,
+               lora_unsupported=pytorch.LORA_UNSUPPORTED),
+    BackendRow("vllm", vllm.VLLMConfig, "vllm", gpu_only=True, continuous_batching=True),
+    BackendRow("tensorrt", tensorrt.TensorRTConfig, "tensorrt_llm", gpu_only=True, continuous_batching=True,
+               lora_unsupported=tensorrt.LORA_UNSUPPORTED),
+)
+
+BACKENDS: tuple[str, ...] = tuple(r.name for r in TABLE)
+
+
+def backend_row(name: str) -> BackendRow:
+    for row in TABLE:
+        if row.name == name:
+            return row
+    raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
