@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.execution import resume as resuming
 from llenergymeasure.orchestrator.study.analysis_section import load_user_config, merged_costs
 from llenergymeasure.orchestrator.terminal import Progress, console, print_plan, print_summary
@@ -75,7 +76,7 @@ def _new_study_dir(root: Path, name: str) -> Path:
     raise RuntimeError(f"cannot create a study directory under {root}")
 
 
-def _write_report(analysed: StudyResults, notify: Callable[[str], None]) -> None:
+def _write_report(analysed: StudyResults, notify: Notify) -> None:
     """The report is a view of results already safe on disk: if it fails, say so and go on."""
     from llenergymeasure.orchestrator.analysis.report import write_report
 
@@ -324,7 +325,7 @@ def _report_dry_run(out, resolved: dict[int, Resolved], manifest: Manifest | Non
               "machine as it is)" if n_bad else ""))
 
 
-def _write_tables(manifest: Manifest, notify: Callable[[str], None]) -> None:
+def _write_tables(manifest: Manifest, notify: Notify) -> None:
     try:
         write_runs_table(manifest)
     except OSError as e:  # disk full: the manifest is the record; runs.parquet is rebuilt on resume

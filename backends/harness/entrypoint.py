@@ -17,7 +17,8 @@ from llenergymeasure.backends import contract
 from llenergymeasure.backends.atomic import write_json_atomic
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.secrets import redact
-from llenergymeasure.backends.harness.protocol import run_experiment, utc_now
+from llenergymeasure.backends.clock import utc_now
+from llenergymeasure.backends.harness.protocol import run_experiment
 from llenergymeasure.backends.harness.result import RunError
 
 

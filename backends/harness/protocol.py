@@ -13,9 +13,9 @@ import logging
 import os
 import resource
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends import contract
 from llenergymeasure.backends.config import ExperimentConfig, MeasurementConfig
 from llenergymeasure.backends.devices import run_device
@@ -36,9 +36,6 @@ from llenergymeasure.backends.table import backend_row
 
 log = logging.getLogger("llem.harness")
 
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def reusable_baseline(m: MeasurementConfig, gpu_uuids: list[str]) -> Baseline | None:
@@ -233,9 +230,3 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         started_at=started_at,
         finished_at=utc_now(),
     )
-
-
-def baseline_env(result: RunResult) -> str | None:
-    """What a runner passes to the next run of the study so it may reuse this baseline."""
-    return result.baseline.model_dump_json() if result.baseline and result.baseline.power_w else None
-

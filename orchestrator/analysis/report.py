@@ -21,7 +21,7 @@ from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY
 from llenergymeasure.orchestrator.terminal import ratio_text, with_ci
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.analysis.headlines import headlines
-from llenergymeasure.orchestrator.execution.manifest import utc_now
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.analysis.results import StudyResults, study_file_text
 from llenergymeasure.orchestrator.analysis.summary import ENERGY, LATENCY, THROUGHPUT, energy_reason, swept_keys
 

@@ -44,7 +44,6 @@ HEADLINE: tuple[tuple[str, bool], ...] = (
 THROUGHPUT = "output_tokens_per_s"
 ENERGY = "energy_per_output_token_j"
 LATENCY = "ttft_ms_p50"
-STAT_SUFFIXES = ("n", "mean", "std", "cv", "ci95_low", "ci95_high", "ratio", "ratio_ci95_low", "ratio_ci95_high")
 
 
 def swept_keys(experiments: list[dict[str, Any]]) -> list[str]:

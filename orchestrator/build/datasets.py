@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.backends.prompts import BUILTIN_DATASETS, builtin_spec, installed_path, prompts_sha256
 from llenergymeasure.orchestrator.errors import Failure, UserError
@@ -72,7 +73,7 @@ def _prompts_from_rows(rows: list[dict[str, Any]], text_field: str, where: str) 
     return prompts
 
 
-def _download(spec: dict[str, Any], notify: Callable[[str], None]) -> list[str]:
+def _download(spec: dict[str, Any], notify: Notify) -> list[str]:
     src = spec["source"]
     base = f"{_endpoint()}/api/datasets/{src['repo_id']}/revision/{src['revision']}"
     info = json.loads(_get(base))
@@ -90,7 +91,7 @@ def _download(spec: dict[str, Any], notify: Callable[[str], None]) -> list[str]:
 
 
 def fetch_dataset(
-    name: str, source_file: Path | None = None, notify: Callable[[str], None] = print
+    name: str, source_file: Path | None = None, notify: Notify = print
 ) -> Path:
     if name not in BUILTIN_DATASETS or name == "synthetic":
         fetchable = [d for d in BUILTIN_DATASETS if d != "synthetic"]

@@ -69,7 +69,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.atomic import write_json_atomic
+from llenergymeasure.backends.clock import utc_now
+from llenergymeasure.backends.hashing import sha256_file
 from llenergymeasure.backends.config import ExperimentConfig, canonical_json
 from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.paths import cache_dir
@@ -85,7 +88,6 @@ _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _TMP_RE = re.compile(r"^\.tmp-([0-9a-f]{64})-(\d+)$")
 _TRASH_RE = re.compile(r"^\.trash-([0-9a-f]{64})-(\d+)-\d+$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_HASH_CHUNK = 1 << 20
 
 Builder = Callable[[Path], Mapping[str, Any] | None]
 
@@ -122,13 +124,6 @@ def _checked_key(key: str) -> str:
 
 # --------------------------------------------------------------------------- identity
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _walk_files(root: Path, *, follow_links: bool, error: type[Exception] = UserError) -> list[tuple[str, Path]]:
@@ -359,8 +354,9 @@ class EngineEntry:
             return datetime.fromtimestamp(0, timezone.utc)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _du(path: Path) -> int:
@@ -425,7 +421,7 @@ def _mark_used(entry: EngineEntry) -> None:
     path = entry.path / METADATA
     try:
         meta = json.loads(path.read_text())
-        meta["last_used_at"] = entry.last_used_at = _now()
+        meta["last_used_at"] = entry.last_used_at = utc_now()
         write_json_atomic(path, meta)
     except (OSError, ValueError):
         pass
@@ -547,15 +543,11 @@ def _build_and_publish(key: str, material: Mapping[str, Any], build: Builder) ->
         _make_readable(tmp)
         files = []
         for rel, p in _walk_files(tmp, follow_links=False, error=EngineBuildFailed):
-            with open(p, "rb") as f:  # hash and make durable before the publishing rename
-                h = hashlib.sha256()
-                while chunk := f.read(_HASH_CHUNK):
-                    h.update(chunk)
-                os.fsync(f.fileno())
-            files.append({"path": rel, "size": p.stat().st_size, "sha256": h.hexdigest()})
+            files.append({"path": rel, "size": p.stat().st_size, "sha256": sha256_file(p)})
+            _fsync(p)  # durable before the publishing rename
         if not files:
             raise EngineBuildFailed("the engine builder wrote no files")
-        now = _now()
+        now = utc_now()
         write_json_atomic(tmp / METADATA, {
             "format": CACHE_FORMAT,
             "key": key,
@@ -676,7 +668,7 @@ def list_engines() -> list[EngineEntry]:
 
 
 def prune(older_than_days: float | None = None, max_total_gb: float | None = None, dry_run: bool = False,
-          *, notify: Callable[[str], None] | None = None) -> list[EngineEntry]:
+          *, notify: Notify | None = None) -> list[EngineEntry]:
     """Remove damaged entries, entries unused for `older_than_days`, then the least
     recently used until the cache is at most `max_total_gb` (10^9 bytes).
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.harness.energy import UnavailableMeter, measured, select_gpu_meter
 from llenergymeasure.backends.harness.gpu import discover_nvml
@@ -112,7 +113,7 @@ def _builder(config: ExperimentConfig, host: EngineHost) -> trt_cache.Builder:
 
 
 def build_engines(
-    experiments: list[Any], host: EngineHost, notify: Callable[[str], None]
+    experiments: list[Any], host: EngineHost, notify: Notify
 ) -> dict[str, dict[str, Any]]:
     """Make sure every engine the study needs is in the cache; returns the key
     material per experiment id, for `hold_engine` at run time."""

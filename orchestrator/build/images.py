@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends import __version__
+from llenergymeasure.backends.hashing import sha256_file
 from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.orchestrator.errors import Failure, UserError
 
@@ -88,7 +90,7 @@ def content_hash(spec: ImageSpec) -> str:
     h = hashlib.sha256()
     for p in _hashed_files(spec):
         h.update(p.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
 
 
@@ -150,7 +152,7 @@ class BuildError(Failure):
 
 
 def build_image(
-    client: Any, spec: ImageSpec, base: str, log: Callable[[str], None] = print
+    client: Any, spec: ImageSpec, base: str, log: Notify = print
 ) -> Any:
     tag = image_tag(spec, base, client)
     labels = {

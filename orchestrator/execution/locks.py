@@ -21,10 +21,11 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.errors import UserError
 
 ENV_LOCK_DIR = "LLEM_LOCK_DIR"
@@ -120,7 +121,7 @@ class DeviceLocks:
         self.devices = sorted(set(devices))
         self.locks = [FileLock(lock_dir() / f"{_safe(d)}.lock", _info(study)) for d in self.devices]
 
-    def acquire(self, wait: bool = False, notify: Callable[[str], None] | None = None,
+    def acquire(self, wait: bool = False, notify: Notify | None = None,
                 timeout_s: float | None = None) -> None:
         """Take every lock. Busy (exit 2) naming the holder, or with `wait` queue until free."""
         t0 = time.monotonic()

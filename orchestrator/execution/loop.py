@@ -24,7 +24,8 @@ from llenergymeasure.orchestrator.execution.baselines import BaselineCache
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.terminal import Progress
 from llenergymeasure.orchestrator.errors import Failure
-from llenergymeasure.orchestrator.execution.manifest import Manifest, utc_now
+from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.execution.resume import fresh_run_dir
 from llenergymeasure.orchestrator.execution.runners.base import Runner, RunnerLost

@@ -15,10 +15,10 @@ worked on the study.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_json_atomic
 from llenergymeasure.backends.contract import SCHEMA_VERSION
@@ -29,9 +29,6 @@ MANIFEST_FILE = "manifest.json"
 STATES = ("pending", "running", "done", "failed", "skipped")
 RUN_FIELDS = ("state", "started_at", "finished_at", "exit_code", "error", "failure_kind")
 
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class Manifest:

@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.orchestrator.execution import failures
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.errors import Failure, UserError
 from llenergymeasure.orchestrator.execution.loop import LoopResult, Policy, record_lost, record_outcome, resume_hint, skip_rest, stop_reason
 from llenergymeasure.orchestrator.execution.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
-from llenergymeasure.orchestrator.execution.manifest import Manifest, utc_now
+from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.execution.resume import fresh_run_dir
 from llenergymeasure.orchestrator.execution.runners.base import RunnerLost
 from llenergymeasure.orchestrator.execution.signals import describe
 
-Notify = Callable[[str], None]
 PARALLEL_RUNNERS = ("local", "docker")
 
 

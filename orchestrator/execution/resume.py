@@ -29,7 +29,8 @@ from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.orchestrator.execution import failures
 from llenergymeasure.orchestrator.execution.outcome import load_result
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest, utc_now
+from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.load import Study
 

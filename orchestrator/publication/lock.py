@@ -12,8 +12,6 @@ the study still resolves to exactly the locked plan and pins (`verify_lock`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import yaml
 
 from llenergymeasure.backends import __version__
+from llenergymeasure.backends.hashing import sha256_file
 from llenergymeasure.backends.harness.environment import snapshot, tool_commit
 from llenergymeasure.backends.harness.gpu import GpuDiscovery, nvml_inventory
 from llenergymeasure.backends.prompts import dataset_path
@@ -32,14 +31,6 @@ LOCK_FILE = "study.lock.yaml"
 ENVIRONMENT_FILE = "environment.json"
 REPRODUCE_FILE = "REPRODUCE.md"
 TOOL_ROOT = Path(__file__).resolve().parents[2]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_pins(study: Study) -> dict[str, str]:
@@ -59,7 +50,7 @@ def dataset_pins(study: Study) -> dict[str, str]:
     for e in study.experiments:
         path = dataset_path(e.config.dataset)
         pins[e.config.dataset] = ("generated from each experiment's seed (no file)" if path is None
-                                  else "sha256:" + file_sha256(path))
+                                  else "sha256:" + sha256_file(path))
     return pins
 
 
@@ -82,7 +73,7 @@ def pins(study: Study, plan: list[PlannedRun], runner: str) -> dict[str, Any]:
     return {
         "tool_version": __version__,
         "tool_commit": tool_commit(),
-        "requirements_lock_sha256": file_sha256(TOOL_ROOT / "requirements.lock"),
+        "requirements_lock_sha256": sha256_file(TOOL_ROOT / "requirements.lock"),
         "runner": runner,
         "experiments": [{"index": e.index, "id": e.id, "label": e.label,
                          "config": e.config.model_dump(mode="json", exclude_none=True)} for e in study.experiments],
@@ -196,11 +187,4 @@ def load_lock_summary(study_dir: Path) -> dict[str, Any] | None:
     try:
         return dict(yaml.safe_load(path.read_text(encoding="utf-8")).get("lock") or {})
     except (OSError, yaml.YAMLError, AttributeError):
-        return None
-
-
-def environment_json(study_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((study_dir / ENVIRONMENT_FILE).read_text())
-    except (OSError, ValueError):
         return None

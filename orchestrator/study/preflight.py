@@ -5,9 +5,9 @@ for a reason that was knowable up front (missing dataset, impossible device...).
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.models import BUILTIN_MODELS, ModelNotFound, resolve_model
 from llenergymeasure.backends.prompts import DatasetError, dataset_path, read_jsonl_prompts
@@ -24,7 +24,7 @@ class Resolved:
 
 
 def _check_one(
-    cfg: ExperimentConfig, runner: Runner, notify: Callable[[str], None],
+    cfg: ExperimentConfig, runner: Runner, notify: Notify,
     models: dict[tuple[str, str | None], str], datasets: dict[str, int],
 ) -> Resolved:
     try:
@@ -70,7 +70,7 @@ def _check_one(
 
 
 def check_study(
-    study: Study, runner: Runner, notify: Callable[[str], None] = print, strict: bool = True
+    study: Study, runner: Runner, notify: Notify = print, strict: bool = True
 ) -> dict[int, Resolved]:
     """Resolve every experiment's device, model and dataset. Strict (a real run):
     the first problem raises UserError naming the experiment and the fix. Not

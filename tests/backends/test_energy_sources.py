@@ -23,7 +23,7 @@ from llenergymeasure.backends.harness.energy import (
 )
 from llenergymeasure.backends.harness.gpu import POWER_INSTANT, POWER_USAGE, GpuDiscovery, NvmlGpu, throttle_names
 from tests.support.fakes import (
-    MAX_RANGE_UJ, FakeGpu, at, fake_zeus_modules, make_powercap_tree, set_energy_uj, unprivileged,
+    FakeGpu, at, fake_zeus_modules, make_powercap_tree, set_energy_uj, unprivileged,
 )
 
 # --- NVML counter ---------------------------------------------------------------

@@ -7,7 +7,6 @@ killed; dockerd itself is never touched), a hung run stopped by the watchdog, an
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.errors import UserError
@@ -13,7 +14,6 @@ from llenergymeasure.orchestrator.errors import UserError
 if TYPE_CHECKING:
     from llenergymeasure.orchestrator.study.load import Study
 
-Notify = Callable[[str], None]
 
 
 class Runner(Protocol):

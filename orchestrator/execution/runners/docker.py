@@ -46,7 +46,6 @@ DATA_IN_CONTAINER = "/llem/data"
 HF_HUB_IN_CONTAINER = "/llem/hf-hub"
 ENGINE_IN_CONTAINER = "/llem/engine"
 STOP_GRACE_S = 10
-SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # passed through, never written
 
 
 @dataclass
@@ -139,7 +138,7 @@ def container_spec(
     commit = tool_commit()
     if commit:
         env[contract.ENV_TOOL_COMMIT] = commit
-    for secret in SECRETS:
+    for secret in contract.SECRET_ENV_VARS:  # passed through, never written
         if os.environ.get(secret):
             env[secret] = os.environ[secret]
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends import contract
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.devices import resolve_device
@@ -57,7 +58,7 @@ class LocalRunner:
     def resolve_device(self, spec: str) -> str:
         return resolve_device(spec)  # what the run's own torch will see
 
-    def prepare(self, study: Any, notify: Callable[[str], None], build: bool = True) -> None:
+    def prepare(self, study: Any, notify: Notify, build: bool = True) -> None:
         if build:
             self.engines = build_engines(study.experiments, self, notify)
 

@@ -8,16 +8,16 @@ then the task's own record), and moves runs pending -> running -> done | failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.execution.outcome import read_outcome
-from llenergymeasure.orchestrator.execution.manifest import Manifest, utc_now
+from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.execution.slurm import commands
 from llenergymeasure.orchestrator.execution.slurm.commands import ACTIVE, WAITING, TaskState
 from llenergymeasure.orchestrator.execution.slurm.task import read_task_record
 
-Notify = Callable[[str], None]
 
 # why a run ended, for Slurm's final states other than COMPLETED
 REASONS = {

@@ -3,17 +3,16 @@ follow a detached array later and finish the study directory exactly as waiting 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest
 from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
 from llenergymeasure.orchestrator.execution.slurm.follow import poll
 from llenergymeasure.orchestrator.execution.slurm.submit import follow_study, not_done, settings_of, submit
 
-Notify = Callable[[str], None]
 
 
 def open_slurm_study(study_dir: Path) -> Manifest:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.devices import resolve_device
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
@@ -21,7 +22,6 @@ from llenergymeasure.orchestrator.execution.slurm.commands import partition_name
 from llenergymeasure.orchestrator.execution.slurm.settings import SlurmSettings, resolve_settings
 from llenergymeasure.orchestrator.execution.slurm.submit import follow_study, submit
 
-Notify = Callable[[str], None]
 
 
 @register_runner("slurm")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
+from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.manifest import Manifest, utc_now
+from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.execution.slurm import commands
 from llenergymeasure.orchestrator.execution.slurm.follow import cancel_open, follow, submissions
 from llenergymeasure.orchestrator.execution.slurm.script import SLURM_DIR, render
@@ -17,7 +18,6 @@ from llenergymeasure.orchestrator.execution.slurm.settings import SlurmSettings
 from llenergymeasure.orchestrator.execution.slurm.storage import local_only_problem
 from llenergymeasure.orchestrator.execution.slurm.task import TASKS_DIR
 
-Notify = Callable[[str], None]
 
 
 def submit(manifest: Manifest, run_ids: list[str], settings: SlurmSettings, notify: Notify) -> str:

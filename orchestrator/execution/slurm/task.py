@@ -15,10 +15,10 @@ import os
 import signal
 import socket
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.atomic import write_json_atomic
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.orchestrator.errors import UserError
@@ -27,10 +27,6 @@ from llenergymeasure.orchestrator.execution.slurm.gpus import NvmlInventory, all
 
 TASKS_DIR = "slurm/tasks"
 
-
-def utc_now() -> str:
-    # milliseconds: concurrent runs' start order and the scheduling overhead are read from these
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def task_record_path(study_dir: Path, run_id: str) -> Path:
