@@ -21,7 +21,8 @@ import pandas as pd
 
 from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.execution import resume as resuming
-from llenergymeasure.orchestrator.study.analysis_section import load_user_config, merged_costs
+from llenergymeasure.orchestrator.study.analysis_section import merged_costs
+from llenergymeasure.orchestrator.study.user_config import load_user_config
 from llenergymeasure.orchestrator.terminal import Progress, console, print_plan, print_summary
 from llenergymeasure.orchestrator.build.engines import gpu_for, plan_engines, trtllm_version
 from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
@@ -32,13 +33,14 @@ from llenergymeasure.orchestrator.publication.lock import ENVIRONMENT_FILE, LOCK
 from llenergymeasure.orchestrator.execution.locks import DeviceLocks, FileLock, device_keys, lock_study_dir
 from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.orchestrator.study.plan import PlannedRun, order_runs
-from llenergymeasure.orchestrator.study.preflight import Resolved, check_study
+from llenergymeasure.orchestrator.study.preflight import Placement, check_study
 from llenergymeasure.orchestrator.publication.checks import check_energy, check_images, check_pins
 from llenergymeasure.orchestrator.execution.parallel import parallel_runner
 from llenergymeasure.orchestrator.execution.runners import Runner, select_runner
 from llenergymeasure.orchestrator.execution.signals import sigterm_interrupts
 from llenergymeasure.orchestrator.study.size import confirm_run_count
-from llenergymeasure.orchestrator.study.load import Publication, Study, load_study
+from llenergymeasure.orchestrator.study.load import load_study
+from llenergymeasure.orchestrator.study.spec import Publication, Study
 from llenergymeasure.orchestrator.analysis.results import StudyResults, open_study
 from llenergymeasure.orchestrator.analysis.summary import energy_reason, write_summary
 from llenergymeasure.orchestrator.analysis.tables import write_runs_table
@@ -89,7 +91,7 @@ def _write_report(analysed: StudyResults, notify: Notify) -> None:
         notify(f"report: {path}")
 
 
-def _devices(study: Study, runner: Runner, resolved: dict[int, Resolved]) -> list[str]:
+def _devices(study: Study, runner: Runner, resolved: dict[int, Placement]) -> list[str]:
     """The devices the study's runs measure on, as lock names (orchestrator/execution/locks.py)."""
     keys: set[str] = set()
     if getattr(runner, "remote", False):  # Slurm: the runs measure on the nodes, not on this machine
@@ -308,7 +310,7 @@ def _prepare_resume(out, manifest: Manifest, plan: list[PlannedRun], retry_faile
     return [p for p in plan if p.run_id in wanted]
 
 
-def _report_dry_run(out, resolved: dict[int, Resolved], manifest: Manifest | None, retry_failed: bool) -> None:
+def _report_dry_run(out, resolved: dict[int, Placement], manifest: Manifest | None, retry_failed: bool) -> None:
     problems: dict[str, list[int]] = {}
     for i, r in resolved.items():
         if r.problem:

@@ -13,8 +13,8 @@ from rich.table import Table
 from llenergymeasure.orchestrator.analysis.stats import is_missing
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.study.plan import PlannedRun
-from llenergymeasure.orchestrator.study.preflight import Resolved
-from llenergymeasure.orchestrator.study.load import Study
+from llenergymeasure.orchestrator.study.preflight import Placement
+from llenergymeasure.orchestrator.study.spec import Study
 
 
 def console() -> Console:
@@ -44,7 +44,7 @@ def print_plan(
     out: Console,
     study: Study,
     runs: list[PlannedRun],
-    resolved: dict[int, Resolved],
+    resolved: dict[int, Placement],
     runner_desc: str,
     images: dict[str, str] | None = None,
     engines: dict[int, str] | None = None,

@@ -30,7 +30,7 @@ from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.execution.resume import fresh_run_dir
 from llenergymeasure.orchestrator.execution.runners.base import Runner, RunnerLost
 from llenergymeasure.orchestrator.execution.signals import describe
-from llenergymeasure.orchestrator.study.load import Study
+from llenergymeasure.orchestrator.study.spec import Study
 
 
 @dataclass

@@ -23,7 +23,7 @@ from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_json_atomic
 from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.orchestrator.study.plan import PlannedRun
-from llenergymeasure.orchestrator.study.load import Study
+from llenergymeasure.orchestrator.study.spec import Study
 
 MANIFEST_FILE = "manifest.json"
 STATES = ("pending", "running", "done", "failed", "skipped")

@@ -32,7 +32,7 @@ from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.study.plan import PlannedRun
-from llenergymeasure.orchestrator.study.load import Study
+from llenergymeasure.orchestrator.study.spec import Study
 
 ATTEMPTS_DIR = "attempts"
 NOT_A_STUDY_HINT = "give the directory `llem run` printed as `results: ...`"

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.study.preflight import Resolved
+from llenergymeasure.orchestrator.study.preflight import Placement
 from llenergymeasure.orchestrator.execution.runners.base import Runner
-from llenergymeasure.orchestrator.study.load import Study
+from llenergymeasure.orchestrator.study.spec import Study
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 MIN_CYCLES = 3
@@ -63,7 +63,7 @@ def _nvml_unavailable() -> str | None:
     return None if n else "NVML sees no GPU"
 
 
-def energy_problems(study: Study, resolved: dict[int, Resolved]) -> list[str]:
+def energy_problems(study: Study, resolved: dict[int, Placement]) -> list[str]:
     """Whether each experiment's device has an energy sensor this machine can read."""
     from llenergymeasure.backends.harness.energy import select_cpu_meter
 
@@ -130,7 +130,7 @@ def check_pins(study: Study, runner: Runner) -> None:
     _refuse(problems)
 
 
-def check_energy(study: Study, resolved: dict[int, Resolved]) -> None:
+def check_energy(study: Study, resolved: dict[int, Placement]) -> None:
     pub = study.execution.publication
     if pub is not None and pub.energy_required:
         _refuse(energy_problems(study, resolved))

@@ -25,7 +25,8 @@ from llenergymeasure.backends.harness.gpu import GpuDiscovery, nvml_inventory
 from llenergymeasure.backends.prompts import dataset_path
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.plan import PlannedRun
-from llenergymeasure.orchestrator.study.load import Study, read_yaml
+from llenergymeasure.orchestrator.study.spec import Study
+from llenergymeasure.orchestrator.study.yaml_file import read_yaml
 
 LOCK_FILE = "study.lock.yaml"
 ENVIRONMENT_FILE = "environment.json"

@@ -1,19 +1,18 @@
-"""How a study's results are analysed: the reference configuration and, optionally,
+"""The `analysis:` section of a study: the reference configuration and, optionally,
 prices and carbon intensity for the cost view.
 
 Set in the study file (`analysis:`) or, for prices and intensity, in the user
-config (`~/.config/llem/config.yaml`, `costs:`); the study wins field by field.
+config (`~/.config/llem/config.yaml`, `costs:`, see user_config.py); the study wins
+field by field.
 Nothing here is ever defaulted to a number: without a price there is no cost
 column, without an intensity no CO2 column.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llenergymeasure.orchestrator.errors import UserError
@@ -41,37 +40,6 @@ class Analysis(BaseModel):
     # ({pytorch.batch_size: 1}); default: the first experiment.
     reference: int | str | dict[str, Any] | None = None
     costs: Costs = Costs()
-
-
-class UserConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    costs: Costs = Costs()
-    slurm: dict[str, Any] | None = None  # validated with the study's (orchestrator/execution/slurm/settings.py)
-
-
-def user_config_path() -> Path:
-    if os.environ.get("LLEM_CONFIG"):
-        return Path(os.environ["LLEM_CONFIG"])
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "llem" / "config.yaml"
-
-
-def load_user_config(path: Path | None = None) -> tuple[UserConfig, Path | None]:
-    """The user config and where it came from (None when there is no file)."""
-    path = path or user_config_path()
-    if not path.exists():
-        return UserConfig(), None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read the llem user config ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the llem user config must be a mapping (costs: ...)")
-    try:
-        return UserConfig.model_validate(data), path
-    except ValidationError as e:
-        raise UserError(f"{path}: invalid user config:\n  " + "\n  ".join(format_errors(e, UserConfig))) from None
 
 
 def parse_analysis(raw: Any, source: Path) -> Analysis:

@@ -10,142 +10,22 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.table import BACKENDS
-from llenergymeasure.orchestrator.study.analysis_section import Analysis, parse_analysis
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.study.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes, show_value
+from llenergymeasure.orchestrator.study.analysis_section import parse_analysis
 from llenergymeasure.orchestrator.study.messages import format_errors
+from llenergymeasure.orchestrator.study.spec import Execution, Experiment, Study
+from llenergymeasure.orchestrator.study.sweep import DEFAULT_BACKEND, Point, deep_merge, expand, parse_axes
+from llenergymeasure.orchestrator.study.yaml_file import read_yaml
 
 STUDY_KEYS = ("name", "sweep", "experiments", "execution", "analysis", "lock", "slurm")
 MAX_ERRORS_SHOWN = 10
-
-
-class Execution(BaseModel):
-    """How a study's runs are scheduled."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_cycles: int = Field(3, ge=1, description="Repetitions of every experiment.")
-    order: Literal["sequential", "interleaved", "shuffled"] = "interleaved"
-    shuffle_seed: int = 0
-    gap_between_runs_s: float = Field(0.0, ge=0)
-    gap_between_cycles_s: float = Field(0.0, ge=0)
-    run_timeout_s: float | None = Field(None, gt=0, description="Kill a run after this long.")
-    runner: Literal["local", "docker", "slurm"] | None = Field(None, description="Used when --runner is auto.")
-    parallel_gpus: int = Field(1, ge=1, description="Runs at once on disjoint GPUs of one host (local runner).")
-    # No output and no heartbeat for this long: the run is stuck (orchestrator/execution/watchdog.py).
-    # Generous by default: loading a large model or torch.compile can be silent for minutes.
-    stall_timeout_s: float | None = Field(1800.0, gt=0, description="Kill a run silent this long.")
-    stop_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL when stopping a run.")
-    # After this many failures in a row the study pauses (resume with --resume): a
-    # broken machine or image must not burn through a days-long plan. null: never.
-    max_consecutive_failures: int | None = Field(5, ge=1)
-    # publication mode: `true`, or `{energy_required: false}` for throughput/latency-only results
-    publication: Publication | None = None
-
-    @field_validator("publication", mode="before")
-    @classmethod
-    def _publication_flag(cls, v: Any) -> Any:
-        if v is True:
-            return {}
-        return None if v is False else v
-
-
-class Publication(BaseModel):
-    """Refuse to start unless everything the results depend on is pinned (see orchestrator/publication/checks.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    energy_required: bool = Field(True, description="false: publish throughput and latency only, no energy columns.")
-
-
-@dataclass
-class Experiment:
-    index: int  # 1-based, in expansion order
-    config: ExperimentConfig
-    swept: dict[str, Any]
-    origin: str
-
-    @property
-    def id(self) -> str:
-        return self.config.config_hash()
-
-    @property
-    def label(self) -> str:
-        if self.swept:
-            return ", ".join(f"{k}={show_value(v)}" for k, v in self.swept.items())
-        return self.origin
-
-
-@dataclass
-class Study:
-    name: str
-    path: Path
-    text: str  # the file as given
-    is_study: bool
-    experiments: list[Experiment]
-    execution: Execution
-    notes: list[str]
-    analysis: Analysis = field(default_factory=Analysis)
-    reference_index: int = 1  # the experiment ratios are taken against
-    lock: dict[str, Any] | None = None  # what a study.lock.yaml pinned (see orchestrator/publication/lock.py)
-    slurm: dict[str, Any] | None = None  # the `slurm:` section as given (orchestrator/execution/slurm/settings.py)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML would keep
-    the last silently, and the study would not be the one written)."""
-
-
-def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' appears twice (first at line {seen[key]})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        except TypeError:  # unhashable: a list or mapping used as a key
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark) from None
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a study file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read it ({e})") from None
-    if not text.strip():
-        raise UserError(f"{path}: is empty; a study file needs at least `model:` (see studies/)")
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: must be a YAML mapping of settings (found {type(data).__name__})")
-    return data
 
 
 def _check_top_level(data: dict[str, Any], path: Path) -> None:

@@ -4,29 +4,41 @@ for a reason that was knowable up front (missing dataset, impossible device...).
 
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.models import BUILTIN_MODELS, ModelNotFound, resolve_model
 from llenergymeasure.backends.prompts import DatasetError, dataset_path, read_jsonl_prompts
 from llenergymeasure.backends.table import backend_row
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.runners.base import Runner
-from llenergymeasure.orchestrator.study.load import Study
+from llenergymeasure.orchestrator.notify import Notify
+from llenergymeasure.orchestrator.study.spec import Study
+
+
+class DeviceResolver(Protocol):
+    """What preflight needs of the runner that will execute the study."""
+
+    name: str
+
+    def resolve_device(self, spec: str) -> str:
+        """What `device:` means for this runner's runs (raises ValueError if impossible)."""
+        ...
 
 
 @dataclass
-class Resolved:
-    device: str
+class Placement:
+    """Where one experiment's runs will execute, or why they cannot here."""
+
+    device: str  # as the run sees it: cpu, cuda:0, ...
     problem: str | None = None  # why this experiment can't run here (dry runs only)
 
 
 def _check_one(
-    cfg: ExperimentConfig, runner: Runner, notify: Notify,
+    cfg: ExperimentConfig, runner: DeviceResolver, notify: Notify,
     models: dict[tuple[str, str | None], str], datasets: dict[str, int],
-) -> Resolved:
+) -> Placement:
     try:
         device = runner.resolve_device(cfg.device)
     except ValueError as e:
@@ -66,17 +78,17 @@ def _check_one(
             f"n_prompts: {cfg.n_prompts} requested but dataset '{cfg.dataset}' has only "
             f"{available} prompts; lower n_prompts"
         )
-    return Resolved(device=device)
+    return Placement(device=device)
 
 
 def check_study(
-    study: Study, runner: Runner, notify: Notify = print, strict: bool = True
-) -> dict[int, Resolved]:
+    study: Study, runner: DeviceResolver, notify: Notify = print, strict: bool = True
+) -> dict[int, Placement]:
     """Resolve every experiment's device, model and dataset. Strict (a real run):
     the first problem raises UserError naming the experiment and the fix. Not
-    strict (a dry run): problems are returned in `Resolved.problem` instead, so
+    strict (a dry run): problems are returned in `Placement.problem` instead, so
     the plan can still be shown on a machine that can't run it."""
-    resolved: dict[int, Resolved] = {}
+    resolved: dict[int, Placement] = {}
     models: dict[tuple[str, str | None], str] = {}
     datasets: dict[str, int] = {}
     for exp in study.experiments:
@@ -86,5 +98,5 @@ def check_study(
         except UserError as e:
             if strict:
                 raise UserError(f"{where}: {e}") from None
-            resolved[exp.index] = Resolved(device="-", problem=str(e))
+            resolved[exp.index] = Placement(device="-", problem=str(e))
     return resolved

@@ -149,7 +149,7 @@ def test_device_locks_between_two_processes_with_a_fake_gpu_inventory():
 def test_study_devices_come_from_the_runner_gpu_inventory(tmp_path):
     """Which locks a study takes, with the Docker runner's pinning over a fake inventory."""
     from llenergymeasure.orchestrator.api import _devices
-    from llenergymeasure.orchestrator.study.preflight import Resolved
+    from llenergymeasure.orchestrator.study.preflight import Placement
     from llenergymeasure.orchestrator.execution.runners.docker import assign_device
     from llenergymeasure.orchestrator.study.load import load_study
     from tests.support.helpers import write
@@ -162,7 +162,7 @@ def test_study_devices_come_from_the_runner_gpu_inventory(tmp_path):
             return assign_device(config.device, inventory).host_uuids
 
     study = load_study(write(tmp_path / "s.yaml", "model: llem/tiny-llama\nsweep: {device: [cuda:0, cuda:1]}\n"))
-    resolved = {1: Resolved("cuda:0"), 2: Resolved("cuda:0")}
+    resolved = {1: Placement("cuda:0"), 2: Placement("cuda:0")}
     assert _devices(study, PinningRunner(), resolved) == ["gpu-GPU-fake-0", "gpu-GPU-fake-1"]
 
 

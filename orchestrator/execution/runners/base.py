@@ -12,7 +12,7 @@ from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from llenergymeasure.orchestrator.study.load import Study
+    from llenergymeasure.orchestrator.study.spec import Study
 
 
 

@@ -55,7 +55,7 @@ class SlurmRunner:
         return resolve_device(spec)
 
     def prepare(self, study: Any, notify: Notify, build: bool = True) -> None:
-        from llenergymeasure.orchestrator.study.analysis_section import load_user_config
+        from llenergymeasure.orchestrator.study.user_config import load_user_config
 
         user, _ = load_user_config()
         self.settings = resolve_settings(getattr(study, "slurm", None), user.slurm, study.path)
