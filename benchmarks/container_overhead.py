@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from llenergymeasure.orchestrator.execution.runners import get_runner
+from llenergymeasure.orchestrator.execution.choose_runner import runner_named
+from llenergymeasure.orchestrator.execution.runners.base import RunJob
 from llenergymeasure.orchestrator.study.load import load_study
 
 STUDY = """
@@ -37,7 +38,7 @@ def main() -> None:
         study_file.write_text(STUDY)
         study = load_study(study_file)
         config = study.experiments[0].config
-        runners = [get_runner("local"), get_runner("docker")]
+        runners = [runner_named("local"), runner_named("docker")]
         for r in runners:
             r.prepare(study, print)
         net: dict[str, list[float]] = {r.name: [] for r in runners}
@@ -45,7 +46,7 @@ def main() -> None:
             for r in runners:
                 run_dir = Path(tmp) / f"bench-{r.name}" / "runs" / f"r{i}"
                 t0 = time.perf_counter()
-                outcome = r.execute(config, run_dir, timeout_s=None)
+                outcome = r.execute(RunJob(config, run_dir))  # type: ignore[union-attr]
                 wall = time.perf_counter() - t0
                 assert outcome.result is not None, outcome.error
                 load = outcome.result.metrics.model_load_s

@@ -6,13 +6,15 @@ because it usually explains the differences."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any
 
 import pandas as pd
 
 from llenergymeasure.orchestrator.analysis import stats
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.analysis.results import StudyResults
+from llenergymeasure.orchestrator.analysis.results import StudyResults, open_study
 
 COMPARED = (
     "output_tokens_per_s",
@@ -79,3 +81,17 @@ def compare(a: StudyResults, b: StudyResults) -> tuple[pd.DataFrame, list[str]]:
                 "ci_excludes_zero": diff.excludes(0.0),
             })
     return pd.DataFrame(rows), notes
+
+
+def load_reproduction(results: StudyResults) -> tuple[pd.DataFrame, list[tuple[str, str, str]], Path] | None:
+    """For the report of a reproduction (`llem reproduce`): its comparison table, the
+    environment differences and the original study directory; None for other studies."""
+    original = results.manifest.reproduces
+    path = results.manifest.layout.reproduction
+    if not original or not path.exists():
+        return None
+    try:
+        diffs = environment_differences(open_study(Path(original)), results)
+    except UserError:
+        diffs = []
+    return pd.read_parquet(path), diffs, Path(original)

@@ -13,9 +13,9 @@ from llenergymeasure.orchestrator.execution.manifest import Manifest
 def max_concurrent(manifest: Manifest) -> int:
     """How many runs were running at the same time at most (from started_at/finished_at)."""
     events = []
-    for r in manifest.data["runs"]:
-        if r.get("started_at") and r.get("finished_at"):
-            events += [(r["started_at"], 1), (r["finished_at"], -1)]
+    for r in manifest.runs:
+        if r.started_at and r.finished_at:
+            events += [(r.started_at, 1), (r.finished_at, -1)]
     peak = cur = 0
     for _, d in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
         cur += d
@@ -25,7 +25,7 @@ def max_concurrent(manifest: Manifest) -> int:
 
 def concurrency_note(manifest: Manifest) -> str | None:
     """One sentence on concurrency for whole-plan runners (Slurm, parallel GPUs); None otherwise."""
-    runner = manifest.data.get("runner")
+    runner = manifest.runner
     where = "on Slurm" if runner == "slurm" else "on this host's GPUs"
     peak = max_concurrent(manifest)
     if peak > 1:

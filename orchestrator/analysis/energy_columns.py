@@ -4,9 +4,8 @@ latency only: its tables carry none of these columns."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from llenergymeasure.orchestrator.analysis.costs import CO2, TOTAL_COST
+from llenergymeasure.orchestrator.execution.manifest import Manifest
 
 
 def is_energy_column(name: str) -> bool:
@@ -14,6 +13,6 @@ def is_energy_column(name: str) -> bool:
             or name.startswith("pareto_"))
 
 
-def energy_published(manifest_data: dict[str, Any]) -> bool:
-    pub = (manifest_data.get("execution") or {}).get("publication")
+def energy_published(manifest: Manifest) -> bool:
+    pub = manifest.execution.get("publication")
     return not (isinstance(pub, dict) and pub.get("energy_required") is False)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 import pandas as pd
 
 from llenergymeasure.backends import __version__
@@ -18,14 +19,15 @@ from llenergymeasure.orchestrator.analysis import charts
 from llenergymeasure.orchestrator.analysis.stats import is_missing
 from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
 from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
-from llenergymeasure.orchestrator.terminal import ratio_text, with_ci
+from llenergymeasure.orchestrator.analysis.compare import load_reproduction
+from llenergymeasure.orchestrator.analysis.formatting import compare_table, ratio_text, with_ci
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.analysis.headlines import headlines
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.analysis.results import StudyResults, study_file_text
 from llenergymeasure.orchestrator.analysis.summary import ENERGY, LATENCY, THROUGHPUT, energy_reason, swept_keys
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
 
-REPORT_FILE = "report.html"
 MAX_POWER_RUNS = 8
 
 ENVIRONMENT_COLUMNS = (
@@ -183,15 +185,24 @@ def _warnings(runs: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
-def _lock_section(results: StudyResults) -> dict[str, Any] | None:
-    from llenergymeasure.orchestrator.publication.lock import ENVIRONMENT_FILE, LOCK_FILE, REPRODUCE_FILE, load_lock_summary
+def load_lock_summary(layout: StudyLayout) -> dict[str, Any] | None:
+    """A publication study's lock (study.lock.yaml's `lock:`), or None when it was not one."""
+    if not layout.study_lock.exists():
+        return None
+    try:
+        return dict(yaml.safe_load(layout.study_lock.read_text(encoding="utf-8")).get("lock") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
 
-    lock = load_lock_summary(results.study_dir)
+
+def _lock_section(results: StudyResults) -> dict[str, Any] | None:
+    layout = results.manifest.layout
+    lock = load_lock_summary(layout)
     if lock is None:
         return None
     images = lock.get("images") or {}
     return {
-        "files": [LOCK_FILE, ENVIRONMENT_FILE, REPRODUCE_FILE],
+        "files": [layout.study_lock.name, layout.environment.name, layout.reproduce_md.name],
         "items": [
             ("llem", f"{lock.get('tool_version')} at commit {lock.get('tool_commit')}"),
             ("runner", str(lock.get("runner"))),
@@ -205,9 +216,6 @@ def _lock_section(results: StudyResults) -> dict[str, Any] | None:
 
 
 def _reproduction_section(results: StudyResults) -> dict[str, Any] | None:
-    from llenergymeasure.orchestrator.terminal import compare_table
-    from llenergymeasure.orchestrator.publication.reproduce import load_reproduction
-
     loaded = load_reproduction(results)
     if loaded is None:
         return None
@@ -219,8 +227,8 @@ def _reproduction_section(results: StudyResults) -> dict[str, Any] | None:
 
 
 def render_report(results: StudyResults, power_runs: list[str] | None = None) -> str:
-    runs, summary, m = results.runs, results.summary, results.manifest.data
-    keys = swept_keys(m["experiments"])
+    runs, summary, m = results.runs, results.summary, results.manifest
+    keys = swept_keys([e.model_dump() for e in m.experiments])
     keys = [k for k in keys if k in summary]
     no_energy = energy_reason(runs)
     has_energy = f"{ENERGY}_mean" in summary and bool(summary[f"{ENERGY}_mean"].notna().any())
@@ -244,12 +252,12 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "study_dir": str(results.study_dir),
         "generated_at": utc_now(),
         "tool_version": __version__,
-        "created_at": m.get("created_at"),
-        "runner": m.get("runner"),
+        "created_at": m.created_at,
+        "runner": m.runner,
         "n_runs": len(runs),
         "counts": runs["status"].value_counts().to_dict(),
-        "n_cycles": m.get("execution", {}).get("n_cycles"),
-        "order": m.get("execution", {}).get("order"),
+        "n_cycles": m.execution.get("n_cycles"),
+        "order": m.execution.get("order"),
         "concurrency": concurrency_note(results.manifest),
         "reference": ref.iloc[0]["label"] if len(ref) else None,
         "headlines": headlines(summary, runs, keys, no_energy) if keys else [],
@@ -286,6 +294,6 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
 
 
 def write_report(results: StudyResults, path: Path | None = None, power_runs: list[str] | None = None) -> Path:
-    path = path or results.study_dir / REPORT_FILE
+    path = path or results.manifest.layout.report
     write_bytes_atomic(path, render_report(results, power_runs).encode("utf-8"))
     return path

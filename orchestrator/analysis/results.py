@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from llenergymeasure.orchestrator.study.analysis_section import Costs
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.orchestrator.analysis.energy_columns import energy_published
 from llenergymeasure.orchestrator.analysis.summary import summarise
 from llenergymeasure.orchestrator.analysis.tables import run_rows
@@ -30,12 +30,12 @@ class StudyResults:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.data.get("study_name", self.study_dir.name))
+        return self.manifest.study_name
 
 
 def analysis_settings(manifest: Manifest) -> tuple[int, Costs, dict[str, str]]:
-    a = manifest.data.get("analysis") or {}
-    return int(a.get("reference_index", 1)), Costs.model_validate(a.get("costs") or {}), dict(a.get("cost_sources") or {})
+    a = manifest.analysis
+    return a.reference_index, Costs.model_validate(a.costs), dict(a.cost_sources)
 
 
 def open_study(path: Path, reference: int | None = None) -> StudyResults:
@@ -44,28 +44,27 @@ def open_study(path: Path, reference: int | None = None) -> StudyResults:
     if not path.is_dir():
         raise UserError(f"{path}: no such directory; give a study directory created by `llem run` "
                         "(e.g. results/<study>_<timestamp>)")
-    if not (path / MANIFEST_FILE).is_file():
-        raise UserError(f"{path}: not a study directory (no {MANIFEST_FILE}); give a directory created by "
+    manifest_file = StudyLayout(path).manifest
+    if not manifest_file.is_file():
+        raise UserError(f"{path}: not a study directory (no {manifest_file.name}); give a directory created by "
                         "`llem run` (e.g. results/<study>_<timestamp>)")
     try:
         manifest = Manifest.load(path)
-        experiments: list[dict[str, Any]] = manifest.experiments
-        _ = manifest.data["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path / MANIFEST_FILE}: unreadable or damaged manifest ({type(e).__name__}: {e})") from None
+    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise UserError(f"{manifest_file}: unreadable or damaged manifest ({type(e).__name__}: {e})") from None
+    experiments = [e.model_dump() for e in manifest.experiments]
     ref, costs, sources = analysis_settings(manifest)
     if reference is not None:
         if not 1 <= reference <= len(experiments):
             raise UserError(f"--reference: experiment {reference} does not exist; use 1 to {len(experiments)}")
         ref = reference
     runs = pd.DataFrame(run_rows(manifest))
-    summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest.data))
+    summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest))
     return StudyResults(path, manifest, runs, summary, ref, costs, sources)
 
 
 def study_file_text(results: StudyResults) -> str | None:
-    name = results.manifest.data.get("study_file")
     try:
-        return (results.study_dir / name).read_text(encoding="utf-8") if name else None
+        return results.manifest.layout.study_file(results.manifest.study_file).read_text(encoding="utf-8")
     except OSError:
         return None

@@ -16,13 +16,13 @@ import pandas as pd
 
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.orchestrator.analysis import stats
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.study.analysis_section import Costs
 from llenergymeasure.orchestrator.analysis.costs import add_cost_columns
 from llenergymeasure.orchestrator.analysis.pareto import pareto_front
 from llenergymeasure.orchestrator.analysis.energy_columns import is_energy_column
 from llenergymeasure.orchestrator.analysis.tables import flatten
 
-SUMMARY_FILE = "summary.parquet"
 MIN_CYCLES = 3
 
 # (column, higher is better); the order is the order of the report's tables
@@ -175,6 +175,6 @@ def energy_reason(runs: pd.DataFrame) -> str | None:
 def write_summary(summary: pd.DataFrame, study_dir: Path) -> Path:
     buf = io.BytesIO()
     summary.to_parquet(buf, index=False)
-    path = study_dir / SUMMARY_FILE
+    path = StudyLayout(study_dir).summary
     write_bytes_atomic(path, buf.getvalue())
     return path

@@ -20,7 +20,6 @@ from llenergymeasure.orchestrator.execution.outcome import load_result
 from llenergymeasure.orchestrator.analysis.energy_columns import energy_published, is_energy_column
 from llenergymeasure.orchestrator.execution.manifest import Manifest
 
-RUNS_FILE = "runs.parquet"
 METRIC_COLUMNS = list(Metrics.model_fields)
 
 
@@ -36,23 +35,23 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
     rows = []
-    for run in sorted(manifest.data["runs"], key=lambda r: r["position"]):
-        exp = manifest.experiment(run["experiment_index"])
+    for run in manifest.in_order():
+        exp = manifest.experiment(run.experiment_index)
         row: dict[str, Any] = {
-            "run_id": run["run_id"],
-            "position": run["position"],
-            "experiment_index": exp["index"],
-            "experiment_id": exp["id"],
-            "label": exp["label"],
-            "cycle": run["cycle"],
-            "status": run["state"],
-            "error": run["error"],
+            "run_id": run.run_id,
+            "position": run.position,
+            "experiment_index": exp.index,
+            "experiment_id": exp.id,
+            "label": exp.label,
+            "cycle": run.cycle,
+            "status": run.state,
+            "error": run.error,
             "schema_version": SCHEMA_VERSION,
-            "tool_version": manifest.data["tool_version"],
+            "tool_version": manifest.tool_version,
         }
-        row.update(flatten(exp["config"]))
+        row.update(flatten(exp.config))
         row.update({m: None for m in METRIC_COLUMNS})
-        result = load_result(manifest.study_dir / run["run_dir"]) if run["state"] == "done" else None
+        result = load_result(manifest.run_dir(run.run_id)) if run.state == "done" else None
         if result is not None:
             env = result.environment
             row.update(result.metrics.model_dump())
@@ -83,11 +82,12 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
                     "finished_at": result.finished_at,
                 }
             )
-        for k, v in (run.get("slurm") or {}).items():  # job id, array task, node, GPU UUIDs, Slurm state
+        slurm = run.slurm.model_dump(mode="json", exclude_none=True) if run.slurm else {}
+        for k, v in slurm.items():  # job id, array task, node, GPU UUIDs, Slurm state
             row[f"slurm.{k}"] = ", ".join(v) if isinstance(v, list) else v
-        row["run_dir"] = run["run_dir"]
+        row["run_dir"] = run.run_dir
         rows.append(row)
-    if not energy_published(manifest.data):
+    if not energy_published(manifest):
         rows = [{k: v for k, v in r.items() if not is_energy_column(k)} for r in rows]
     return rows
 
@@ -96,6 +96,6 @@ def write_runs_table(manifest: Manifest) -> Path:
     df = pd.DataFrame(run_rows(manifest))
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    path = manifest.study_dir / RUNS_FILE
+    path = manifest.layout.runs_table
     write_bytes_atomic(path, buf.getvalue())
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,27 +75,36 @@ def log_tail(run_dir: Path, n: int = LOG_TAIL_LINES) -> str:
     return redact("\n".join(lines[-n:]))
 
 
-def write_error_file(
-    run_dir: Path, kind: str, reason: str, exit_code: int | None,
-    experiment_id: str | None, started_at: str | None, finished_at: str,
-) -> None:
+@dataclass(frozen=True)
+class ErrorReport:
+    """Why a run failed, as the host saw it (error.json adds what the harness said)."""
+
+    kind: str
+    reason: str
+    exit_code: int | None
+    experiment_id: str | None
+    started_at: str | None
+    finished_at: str
+
+
+def write_error_file(run_dir: Path, report: ErrorReport) -> None:
     """error.json with type, message and the last log lines, whatever killed the run.
     The harness's own error is kept: as is for `error` failures, in `cause` when the
     host stopped the run (a timed-out run's harness reports 'Terminated', which is
     true but not why)."""
     harness = read_error_file(run_dir)
-    if kind in (ERROR, OUT_OF_MEMORY) and harness is not None:
-        err = {**harness, "kind": kind, "exit_code": exit_code}
+    if report.kind in (ERROR, OUT_OF_MEMORY) and harness is not None:
+        err = {**harness, "kind": report.kind, "exit_code": report.exit_code}
     else:
         err = {
-            "experiment_id": experiment_id,
-            "error_type": _ERROR_TYPES.get(kind, "Failed"),
-            "message": reason,
+            "experiment_id": report.experiment_id,
+            "error_type": _ERROR_TYPES.get(report.kind, "Failed"),
+            "message": report.reason,
             "traceback": (harness or {}).get("traceback", ""),
-            "started_at": (harness or {}).get("started_at", started_at),
-            "finished_at": finished_at,
-            "kind": kind,
-            "exit_code": exit_code,
+            "started_at": (harness or {}).get("started_at", report.started_at),
+            "finished_at": report.finished_at,
+            "kind": report.kind,
+            "exit_code": report.exit_code,
             "cause": f"{harness['error_type']}: {harness.get('message', '')}" if harness else None,
         }
     err["log_tail"] = log_tail(run_dir)

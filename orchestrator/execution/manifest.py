@@ -10,129 +10,238 @@ of a run is kept in its `attempts` (its files under attempts/<run id>/<n>/).
 The study's own `status`: running | finished | paused | stopped | interrupted |
 failed, with `status_reason`; `sessions` lists every `llem run` / `--resume` that
 worked on the study.
+
+Every record is a pydantic model that refuses unknown keys: a field exists here or
+nowhere. Optional parts (a run's GPUs under parallel scheduling, its Slurm task, the
+study a reproduction re-runs) are left out of the file when unset.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from llenergymeasure.backends.clock import utc_now
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_json_atomic
+from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.contract import SCHEMA_VERSION
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
 
-MANIFEST_FILE = "manifest.json"
-STATES = ("pending", "running", "done", "failed", "skipped")
-RUN_FIELDS = ("state", "started_at", "finished_at", "exit_code", "error", "failure_kind")
+RunState = Literal["pending", "running", "done", "failed", "skipped"]
+STATES: tuple[RunState, ...] = ("pending", "running", "done", "failed", "skipped")
+StudyStatus = Literal["running", "finished", "paused", "stopped", "interrupted", "failed"]
 
 
+def _unset(value: Any) -> bool:
+    return value is None
 
-class Manifest:
-    def __init__(self, study_dir: Path, data: dict[str, Any]) -> None:
-        self.study_dir = study_dir
-        self.data = data
 
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Attempt(_Record):
+    """An earlier try of a run, as it ended; its files moved to attempts/<run id>/<n>/."""
+
+    state: RunState
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    failure_kind: str | None = None
+    files: str | None = None  # relative to the study directory; None when the try left no files
+
+
+class SlurmTask(_Record):
+    """Where Slurm ran a run, in Slurm's own words."""
+
+    job_id: str | None = None
+    array_task_id: int | None = None
+    state: str | None = None  # PENDING, RUNNING, COMPLETED, TIMEOUT, ... (UNKNOWN when Slurm forgot it)
+    node: str | None = Field(None, exclude_if=_unset)
+    gpu_uuids: list[str] | None = Field(None, exclude_if=_unset)
+
+
+class RunEntry(_Record):
+    run_id: str  # e.g. "e03-c2"
+    experiment_index: int
+    cycle: int
+    position: int  # 1-based place in the execution order
+    run_dir: str  # relative to the study directory (StudyLayout.run_dir)
+    state: RunState = "pending"
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    failure_kind: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    gpu_uuids: list[str] | None = Field(None, exclude_if=_unset)  # placed by the parallel scheduler
+    slurm: SlurmTask | None = Field(None, exclude_if=_unset)
+
+    def reset(self) -> None:
+        """Pending again, with nothing of the last try (which the caller kept)."""
+        self.state, self.started_at, self.finished_at = "pending", None, None
+        self.exit_code, self.error, self.failure_kind = None, None, None
+
+    def as_attempt(self, files: str | None = None) -> Attempt:
+        return Attempt(state=self.state, started_at=self.started_at, finished_at=self.finished_at,
+                       exit_code=self.exit_code, error=self.error, failure_kind=self.failure_kind, files=files)
+
+
+class ExperimentEntry(_Record):
+    index: int  # 1-based, in expansion order
+    id: str  # config hash
+    label: str
+    origin: str
+    swept: dict[str, Any]
+    config: dict[str, Any]  # ExperimentConfig as JSON, without unset values
+
+
+class SessionEntry(_Record):
+    """One `llem run` or `--resume` that worked on the study."""
+
+    started_at: str
+    command: Literal["run", "resume"]
+    pid: int
+    host: str
+    devices: list[str]  # the device locks it held
+    study_file: str
+    execution: dict[str, Any]  # its execution settings (timeouts and gaps may change on resume)
+    retry_failed: bool = False
+    fail_fast: bool = False
+
+
+class AnalysisRecord(_Record):
+    """The reference experiment and the prices/intensity in force, with where each came from."""
+
+    reference_index: int = 1
+    costs: dict[str, Any] = Field(default_factory=dict)
+    cost_sources: dict[str, str] = Field(default_factory=dict)
+
+
+class Submission(_Record):
+    job_id: str
+    runs: list[str]  # run ids; array index i runs runs[i]
+    script: str | None = None  # relative to the study directory
+    submitted_at: str | None = None
+    submit_s: float | None = None
+
+
+class SlurmRecord(_Record):
+    settings: dict[str, Any] = Field(default_factory=dict)  # the resolved slurm: section
+    submissions: list[Submission] = Field(default_factory=list)
+
+
+class Manifest(_Record):
+    schema_version: int = SCHEMA_VERSION
+    tool_version: str = __version__
+    study_name: str
+    study_file: str  # the copy in the study directory
+    created_at: str
+    runner: str
+    status: StudyStatus = "running"
+    status_reason: str | None = None
+    sessions: list[SessionEntry] = Field(default_factory=list)
+    execution: dict[str, Any]  # the study's execution settings when it was created
+    analysis: AnalysisRecord = Field(default_factory=AnalysisRecord)
+    cycles_override: int | None = None  # --cycles, so that --resume expands the same plan
+    reproduces: str | None = Field(None, exclude_if=_unset)  # the study directory this one re-runs
+    experiments: list[ExperimentEntry]
+    runs: list[RunEntry]
+    slurm: SlurmRecord | None = Field(None, exclude_if=_unset)
+
+    _study_dir: Path = PrivateAttr()
+
+    # -- creating, reading, writing
     @classmethod
-    def create(
-        cls, study_dir: Path, study: Study, runs: list[PlannedRun], runner: str, study_file: str,
-        analysis: dict[str, Any] | None = None,
-        cycles_override: int | None = None,
-    ) -> Manifest:
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "tool_version": __version__,
-            "study_name": study.name,
-            "study_file": study_file,
-            "created_at": utc_now(),
-            "runner": runner,
-            "status": "running",
-            "status_reason": None,
-            "sessions": [],
-            "execution": study.execution.model_dump(mode="json"),
-            # reference experiment and the prices/intensity in force (with their sources)
-            "analysis": analysis or {"reference_index": study.reference_index},
-            "cycles_override": cycles_override,  # --cycles, so that --resume expands the same plan
-            "experiments": [
-                {
-                    "index": e.index,
-                    "id": e.id,
-                    "label": e.label,
-                    "origin": e.origin,
-                    "swept": e.swept,
-                    "config": e.config.model_dump(mode="json", exclude_none=True),
-                }
-                for e in study.experiments
-            ],
-            "runs": [
-                {
-                    "run_id": r.run_id,
-                    "experiment_index": r.experiment_index,
-                    "cycle": r.cycle,
-                    "position": r.position,
-                    "run_dir": f"runs/{r.run_id}",
-                    "state": "pending",
-                    "started_at": None,
-                    "finished_at": None,
-                    "exit_code": None,
-                    "error": None,
-                    "failure_kind": None,
-                    "attempts": [],
-                }
-                for r in runs
-            ],
-        }
-        m = cls(study_dir, data)
-        m.save()
-        return m
+    def create(cls, study_dir: Path, study: Study, plan: list[PlannedRun], runner: str,
+               **fields: Any) -> Manifest:
+        """A new study's manifest (all runs pending), saved. `fields`: analysis,
+        cycles_override, reproduces."""
+        manifest = cls(
+            study_name=study.name, study_file=study.path.name, created_at=utc_now(), runner=runner,
+            execution=study.execution.model_dump(mode="json"),
+            experiments=[ExperimentEntry(index=e.index, id=e.id, label=e.label, origin=e.origin, swept=e.swept,
+                                         config=e.config.model_dump(mode="json", exclude_none=True))
+                         for e in study.experiments],
+            runs=[RunEntry(run_id=r.run_id, experiment_index=r.experiment_index, cycle=r.cycle,
+                           position=r.position, run_dir=StudyLayout.run_dir_entry(r.run_id)) for r in plan],
+            **fields,
+        )
+        manifest._study_dir = study_dir
+        manifest.save()
+        return manifest
 
     @classmethod
     def load(cls, study_dir: Path) -> Manifest:
-        return cls(study_dir, json.loads((study_dir / MANIFEST_FILE).read_text()))
+        """Raises OSError (unreadable) or pydantic.ValidationError (not a manifest of this llem)."""
+        manifest = cls.model_validate_json(StudyLayout(study_dir).manifest.read_bytes())
+        manifest._study_dir = study_dir
+        return manifest
 
     def save(self) -> None:
-        write_json_atomic(self.study_dir / MANIFEST_FILE, self.data)
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        return next(r for r in self.data["runs"] if r["run_id"] == run_id)
+        write_json_atomic(self.layout.manifest, self.model_dump(mode="json"))
 
     @property
-    def experiments(self) -> list[dict[str, Any]]:
-        return self.data["experiments"]
+    def study_dir(self) -> Path:
+        return self._study_dir
 
-    def experiment(self, index: int) -> dict[str, Any]:
-        return self.data["experiments"][index - 1]
+    @property
+    def layout(self) -> StudyLayout:
+        return StudyLayout(self._study_dir)
 
-    def update(self, run_id: str, state: str, **fields: Any) -> None:
-        assert state in STATES, state
-        self.run(run_id).update(state=state, **fields)
-        self.save()
+    # -- looking things up
+    def run(self, run_id: str) -> RunEntry:
+        return next(r for r in self.runs if r.run_id == run_id)
 
-    def set_status(self, status: str, reason: str | None = None) -> None:
-        self.data.update(status=status, status_reason=reason)
-        self.save()
+    def experiment(self, index: int) -> ExperimentEntry:
+        return self.experiments[index - 1]
 
-    def begin_session(self, **info: Any) -> None:
-        self.data.setdefault("sessions", []).append({"started_at": utc_now(), **info})
-        self.data.update(status="running", status_reason=None)
-        self.save()
+    def run_dir(self, run_id: str) -> Path:
+        return self._study_dir / self.run(run_id).run_dir
 
-    def new_attempt(self, run_id: str) -> int:
-        """Move the run's last try into `attempts` and make it pending again; returns
-        the number of the try moved (its files go to attempts/<run id>/<n>/)."""
-        run = self.run(run_id)
-        attempts = run.setdefault("attempts", [])
-        attempts.append({k: run.get(k) for k in RUN_FIELDS})
-        run.update(state="pending", started_at=None, finished_at=None, exit_code=None, error=None,
-                   failure_kind=None)
-        self.save()
-        return len(attempts)
+    def in_order(self) -> list[RunEntry]:
+        """The runs in execution order."""
+        return sorted(self.runs, key=lambda r: r.position)
+
+    def planned(self) -> list[PlannedRun]:
+        return [PlannedRun(r.run_id, r.experiment_index, r.cycle, r.position) for r in self.runs]
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATES}
-        for r in self.data["runs"]:
-            out[r["state"]] = out.get(r["state"], 0) + 1
+        for r in self.runs:
+            out[r.state] += 1
         return out
+
+    def unfinished(self) -> list[str]:
+        return [r.run_id for r in self.runs if r.state != "done"]
+
+    # -- changing state (each change saved before the next step)
+    def update(self, run_id: str, state: RunState, **fields: Any) -> None:
+        run = self.run(run_id)
+        run.state = state
+        for name, value in fields.items():
+            setattr(run, name, value)
+        self.save()
+
+    def set_status(self, status: StudyStatus, reason: str | None = None) -> None:
+        self.status, self.status_reason = status, reason
+        self.save()
+
+    def begin_session(self, **info: Any) -> None:
+        self.sessions.append(SessionEntry(started_at=utc_now(), **info))
+        self.status, self.status_reason = "running", None
+        self.save()
+
+    def new_attempt(self, run_id: str, files: str | None) -> int:
+        """Move the run's last try into `attempts` (its files already moved to `files`)
+        and make it pending again; returns the number of the try moved."""
+        run = self.run(run_id)
+        run.attempts = [*run.attempts, run.as_attempt(files)]
+        run.reset()
+        self.save()
+        return len(run.attempts)

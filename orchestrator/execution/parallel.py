@@ -7,7 +7,7 @@ GPUs by UUID (CUDA_VISIBLE_DEVICES for a process, a device request for a
 container), so the harness measures only them. Never two runs on one GPU; a host
 without GPUs keeps runs sequential (the plain study loop is used unchanged).
 
-Each run is recorded exactly as the sequential loop records it (execute.py:
+Each run is recorded exactly as the sequential loop records it (recording.py:
 attempts kept, error.json, the same failure policy): after `--fail-fast` or
 `max_consecutive_failures` no new run starts, the running ones finish, and the
 rest are skipped; a lost runner (Docker engine gone) stops scheduling likewise.
@@ -18,21 +18,26 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
 
-from llenergymeasure.orchestrator.notify import Notify
-from llenergymeasure.backends.config import ExperimentConfig
-from llenergymeasure.orchestrator.execution import failures
-from llenergymeasure.orchestrator.execution.outcome import RunOutcome
-from llenergymeasure.orchestrator.errors import Failure, UserError
-from llenergymeasure.orchestrator.execution.loop import LoopResult, Policy, record_lost, record_outcome, resume_hint, skip_rest, stop_reason
-from llenergymeasure.orchestrator.execution.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
-from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.backends.clock import utc_now
-from llenergymeasure.orchestrator.study.plan import PlannedRun
+from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.orchestrator.errors import Failure, UserError
+from llenergymeasure.orchestrator.execution import failures
+from llenergymeasure.orchestrator.execution.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
+from llenergymeasure.orchestrator.execution.locks import device_keys
+from llenergymeasure.orchestrator.execution.manifest import Manifest, StudyStatus
+from llenergymeasure.orchestrator.execution.outcome import RunOutcome
+from llenergymeasure.orchestrator.execution.recording import (
+    LoopResult, Policy, finish_loop, record_lost, record_outcome, resume_hint, stop_reason, stop_study,
+)
 from llenergymeasure.orchestrator.execution.resume import fresh_run_dir
-from llenergymeasure.orchestrator.execution.runners.base import RunnerLost
+from llenergymeasure.orchestrator.execution.runners.base import PlanRunner, Runner, RunJob, RunnerLost
 from llenergymeasure.orchestrator.execution.signals import describe
+from llenergymeasure.orchestrator.notify import Notify
+from llenergymeasure.orchestrator.study.plan import PlannedRun
+from llenergymeasure.orchestrator.study.preflight import Placement
+from llenergymeasure.orchestrator.study.spec import Experiment, Study
 
 PARALLEL_RUNNERS = ("local", "docker")
 
@@ -42,12 +47,11 @@ def gpus_needed(config: ExperimentConfig, resolved_device: str) -> int:
     return config.gpus_per_run if resolved_device.startswith("cuda") else 0
 
 
-class ParallelRunner:
+class ParallelRunner(PlanRunner):
     """The inner runner's runs, several at once; the same name, contract and files."""
 
-    takes_whole_plan = True
-
-    def __init__(self, inner: Any, parallel: int, host: HostGpus, study: Any, gpus_per_run: int | None = None) -> None:
+    def __init__(self, inner: Runner, parallel: int, host: HostGpus, study: Study,
+                 gpus_per_run: int | None = None) -> None:
         self.inner = inner
         self.gpus_per_run = gpus_per_run  # None: from each run's config and device
         self.name = inner.name
@@ -56,41 +60,33 @@ class ParallelRunner:
         self.study = study
         self.lock = threading.Lock()  # the manifest and the outcome counters
 
-    def __getattr__(self, name: str) -> Any:  # anything else (engine hosting, image checks) is the inner runner's
-        return getattr(self.inner, name)
-
     def describe(self) -> str:
         return (f"{self.inner.describe()}; up to {max_parallel(len(self.uuids), 1, self.parallel)} runs at once "
                 f"on disjoint GPUs of this host ({len(self.uuids)} GPU(s))")
 
-    def device_uuids(self) -> list[str]:
-        """Every GPU the scheduler may place a run on: what the study must lock."""
-        return list(self.uuids)
-
     def resolve_device(self, spec: str) -> str:
         return self.inner.resolve_device(spec)
 
-    def prepare(self, study: Any, notify: Notify, build: bool = True) -> None:
+    def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
         self.inner.prepare(study, notify, build=build)
 
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.execute(*args, **kwargs)
+    def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
+        return self.inner.gpu_uuids(config)
 
-    def _need(self, config: ExperimentConfig) -> int:
+    def lock_keys(self, study: Study, placements: Mapping[int, Placement]) -> list[str]:
+        """Every GPU the scheduler may place a run on."""
+        return sorted(device_keys(self.uuids, "cuda:0"))
+
+    def need(self, config: ExperimentConfig) -> int:
         if self.gpus_per_run is not None:
             return self.gpus_per_run
         return gpus_needed(config, self.inner.resolve_device(config.device))
 
-    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, detach: bool = False,
-                  policy: Policy | None = None) -> LoopResult:
+    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, policy: Policy | None = None,
+                  detach: bool = False) -> LoopResult:
         """Run `run_ids` in this order, several at once; the loop's result."""
-        planned = {p.run_id: p for p in _planned(manifest)}
+        planned = {p.run_id: p for p in manifest.planned()}
         return _Schedule(self, manifest, [planned[r] for r in run_ids], notify, policy or Policy()).run()
-
-
-def _planned(manifest: Manifest) -> list[PlannedRun]:
-    return [PlannedRun(r["run_id"], r["experiment_index"], r["cycle"], r["position"])
-            for r in manifest.data["runs"]]
 
 
 class _Schedule:
@@ -102,87 +98,91 @@ class _Schedule:
         self.slots = GpuSlots(runner.uuids, parallel=runner.parallel)
         self.result = LoopResult()
         self.consecutive = 0
-        self.stop: tuple[str, str] | None = None
+        self.stop: tuple[StudyStatus, str] | None = None
         self.lost: RunnerLost | None = None
         self.cancel = threading.Event()  # Ctrl-C/SIGTERM reached the main thread: stop every running run
+        self.threads: list[threading.Thread] = []
+        self.started: set[str] = set()
 
     def run(self) -> LoopResult:
-        ex = self.runner.study.execution
-        threads: list[threading.Thread] = []
-        started: set[str] = set()
         try:
-            for n, planned in enumerate(self.runs, 1):
-                exp = self.runner.study.experiments[planned.experiment_index - 1]
-                slot, gpus = self.slots.acquire(self.runner._need(exp.config))  # blocks until free
-                with self.runner.lock:
-                    if self.stop or self.lost:
-                        self.slots.release(slot)
-                        break
-                    fresh_run_dir(self.manifest, planned.run_id)
-                    self.manifest.update(planned.run_id, "running", started_at=utc_now(), gpu_uuids=list(gpus))
-                started.add(planned.run_id)
-                self.notify(f"[{n}/{len(self.runs)}] {planned.run_id} {exp.label} ... started"
-                            + (f" on {', '.join(gpus)}" if gpus else ""))
-                t = threading.Thread(target=self._one, args=(planned, exp, slot, gpus, ex), daemon=True)
-                t.start()
-                threads.append(t)
-            for t in threads:
+            self._start_all()
+            for t in self.threads:
                 t.join()
         except KeyboardInterrupt as e:
             why = f"interrupted ({describe(e)})"
             with self.runner.lock:
                 self.stop = ("interrupted", why)
             self.cancel.set()  # each worker's runner stops its process/container (SIGTERM, then SIGKILL)
-            for t in threads:
+            for t in self.threads:
                 t.join()
             self.manifest.set_status("interrupted", why)
             raise
-        rest = [p for p in self.runs if p.run_id not in started]
         if self.lost is not None:
             raise Failure(f"{self.lost}; the study stopped there. Finished runs are kept. When it is back: "
                           f"{resume_hint(self.manifest)}")
+        rest = [p.run_id for p in self.runs if p.run_id not in self.started]
         if self.stop and rest:
-            skip_rest(self.manifest, rest, f"not run: the study {self.stop[0]} ({self.stop[1]})")
-            self.manifest.set_status(*self.stop)
-            self.result.stopped = f"study {self.stop[0]}: {self.stop[1]}"
-        else:
-            self.manifest.set_status("finished", f"{len(self.result.failed)} run(s) failed"
-                                     if self.result.failed else None)
-        return self.result
+            stop_study(self.manifest, rest, self.stop, self.result)
+            return self.result
+        return finish_loop(self.manifest, self.result)
 
-    def _one(self, planned: PlannedRun, exp: Any, slot: int, gpus: tuple[str, ...], ex: Any) -> None:
-        run_dir = self.manifest.study_dir / "runs" / planned.run_id
+    def _start_all(self) -> None:
+        for n, planned in enumerate(self.runs, 1):
+            exp = self.runner.study.experiments[planned.experiment_index - 1]
+            slot, gpus = self.slots.acquire(self.runner.need(exp.config))  # blocks until free
+            with self.runner.lock:
+                if self.stop or self.lost:
+                    self.slots.release(slot)
+                    return
+                fresh_run_dir(self.manifest, planned.run_id)
+                self.manifest.update(planned.run_id, "running", started_at=utc_now(), gpu_uuids=list(gpus))
+            self.started.add(planned.run_id)
+            self.notify(f"[{n}/{len(self.runs)}] {planned.run_id} {exp.label} ... started"
+                        + (f" on {', '.join(gpus)}" if gpus else ""))
+            t = threading.Thread(target=self._one, args=(planned, exp, slot, gpus), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _execute(self, planned: PlannedRun, exp: Experiment, gpus: tuple[str, ...]) -> RunOutcome:
+        job = RunJob.limited_by(self.runner.study.execution, exp.config, self.manifest.run_dir(planned.run_id),
+                                on_tick=self._tick, gpus=gpus)
+        try:
+            return self.runner.inner.execute(job)
+        except _Cancelled:
+            return RunOutcome("failed", None, error=self.stop[1] if self.stop else "interrupted",
+                              kind=failures.INTERRUPTED)
+
+    def _one(self, planned: PlannedRun, exp: Experiment, slot: int, gpus: tuple[str, ...]) -> None:
         t0 = time.monotonic()
         try:
             try:
-                outcome = self.runner.inner.execute(exp.config, run_dir, ex.run_timeout_s, on_tick=self._tick,
-                                                    stall_s=ex.stall_timeout_s, stop_grace_s=ex.stop_grace_s,
-                                                    gpus=gpus or None)
-            except _Cancelled:
-                outcome = RunOutcome("failed", None, error=self.stop[1] if self.stop else "interrupted",
-                                     kind=failures.INTERRUPTED)
+                outcome = self._execute(planned, exp, gpus)
             except RunnerLost as e:
                 with self.runner.lock:
                     self.lost = e
-                    record_lost(self.manifest, planned, e, exp.id)
+                    record_lost(self.manifest, planned.run_id, str(e))
                     self.result.failed.append(planned.run_id)
                 self.notify(f"FAILED   {planned.run_id}: {e}")
                 return
             except Exception as e:  # noqa: BLE001 - a runner error fails this run, not the others
                 outcome = RunOutcome("failed", None, error=f"{type(e).__name__}: {e}")
-            with self.runner.lock:
-                record_outcome(self.manifest, planned, outcome, exp.id)
-                if outcome.state == "done":
-                    self.consecutive = 0
-                else:
-                    self.result.failed.append(planned.run_id)
-                    self.consecutive += 1
-                self.stop = self.stop or stop_reason(self.policy, outcome, planned.run_id, self.consecutive)
-            took = time.monotonic() - t0
-            self.notify(f"{'done' if outcome.state == 'done' else 'FAILED':8} {planned.run_id} after {took:.1f} s"
-                        + (f" on {', '.join(gpus)}" if gpus else "") + (f": {outcome.error}" if outcome.error else ""))
+            self._record(planned, outcome)
+            on = f" on {', '.join(gpus)}" if gpus else ""
+            self.notify(f"{'done' if outcome.state == 'done' else 'FAILED':8} {planned.run_id} after "
+                        f"{time.monotonic() - t0:.1f} s{on}" + (f": {outcome.error}" if outcome.error else ""))
         finally:
             self.slots.release(slot)
+
+    def _record(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        with self.runner.lock:
+            record_outcome(self.manifest, planned.run_id, outcome)
+            if outcome.state == "done":
+                self.consecutive = 0
+            else:
+                self.result.failed.append(planned.run_id)
+                self.consecutive += 1
+            self.stop = self.stop or stop_reason(self.policy, outcome, planned.run_id, self.consecutive)
 
     def _tick(self, run_elapsed: float) -> None:
         """Called by the runner while a run goes: raising here makes it stop the run."""
@@ -194,10 +194,11 @@ class _Cancelled(KeyboardInterrupt):
     """Raised inside a worker thread so that its runner stops the run as on Ctrl-C."""
 
 
-def parallel_runner(runner: Any, study: Any, notify: Notify, host: HostGpus | None = None) -> Any:
+def parallel_runner(runner: Runner | PlanRunner, study: Study, notify: Notify,
+                    host: HostGpus | None = None) -> Runner | PlanRunner:
     """The runner to use: `runner` itself unless parallel_gpus > 1 can apply here."""
-    n = getattr(study.execution, "parallel_gpus", 1)
-    if n <= 1 or getattr(runner, "takes_whole_plan", False):
+    n = study.execution.parallel_gpus
+    if n <= 1 or isinstance(runner, PlanRunner):
         return runner
     if runner.name not in PARALLEL_RUNNERS:
         notify(f"execution.parallel_gpus: {n} applies to the {' and '.join(PARALLEL_RUNNERS)} runners; the "
@@ -210,7 +211,7 @@ def parallel_runner(runner: Any, study: Any, notify: Notify, host: HostGpus | No
     parallel = ParallelRunner(runner, n, host, study)
     for exp in study.experiments:
         try:
-            need = parallel._need(exp.config)
+            need = parallel.need(exp.config)
         except ValueError:
             continue  # an impossible device: the preflight check explains it
         if need > len(parallel.uuids):

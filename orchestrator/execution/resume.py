@@ -23,18 +23,19 @@ import signal
 from pathlib import Path
 
 import psutil
+from pydantic import ValidationError
 
 from llenergymeasure.backends import contract
 from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.orchestrator.execution import failures
 from llenergymeasure.orchestrator.execution.outcome import load_result
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.manifest import MANIFEST_FILE, Manifest
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
 
-ATTEMPTS_DIR = "attempts"
 NOT_A_STUDY_HINT = "give the directory `llem run` printed as `results: ...`"
 
 
@@ -44,26 +45,26 @@ def open_study_dir(path: Path) -> Manifest:
         raise UserError(f"--resume: {path}: no such directory")
     if not path.is_dir():
         raise UserError(f"--resume: {path}: is a file, not a study directory; {NOT_A_STUDY_HINT}")
-    mpath = path / MANIFEST_FILE
+    mpath = StudyLayout(path).manifest
     if not mpath.exists():
-        raise UserError(f"--resume: {path}: not a study directory (no {MANIFEST_FILE}); {NOT_A_STUDY_HINT}")
+        raise UserError(f"--resume: {path}: not a study directory (no {mpath.name}); {NOT_A_STUDY_HINT}")
     try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"--resume: {mpath}: cannot be read ({type(e).__name__}: {e}); "
                         "it is not a manifest llem wrote") from None
-    required = ("schema_version", "study_file", "runner", "execution", "experiments", "runs")
-    missing = [k for k in required if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise UserError(f"--resume: {mpath}: not a llem manifest (missing {', '.join(missing)})")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise UserError(f"--resume: {mpath}: schema_version {data['schema_version']} is not this llem's "
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise UserError(f"--resume: {mpath}: schema_version {raw['schema_version']} is not this llem's "
                         f"({SCHEMA_VERSION}); resume it with the llem version that started it")
-    return Manifest(path, data)
+    try:
+        return Manifest.load(path)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+        raise UserError(f"--resume: {mpath}: not a llem manifest ({problems})") from None
 
 
 def study_file_of(manifest: Manifest) -> Path:
-    path = manifest.study_dir / manifest.data["study_file"]
+    path = manifest.layout.study_file(manifest.study_file)
     if not path.is_file():
         raise UserError(f"--resume: {path}: the study file copy is missing; pass the study file: "
                         f"llem run FILE --resume {manifest.study_dir}")
@@ -73,11 +74,11 @@ def study_file_of(manifest: Manifest) -> Path:
 def plan_differences(manifest: Manifest, study: Study, plan: list[PlannedRun]) -> list[str]:
     """What differs between the study's plan and what the file expands to now."""
     diffs = []
-    ex_old, ex_new = manifest.data["execution"], study.execution.model_dump(mode="json")
+    ex_old, ex_new = manifest.execution, study.execution.model_dump(mode="json")
     for key in ("n_cycles", "order", "shuffle_seed"):
         if ex_old.get(key) != ex_new.get(key):
             diffs.append(f"execution.{key}: {ex_old.get(key)!r} in the study, {ex_new.get(key)!r} now")
-    old = [(e["id"], e["label"]) for e in manifest.data["experiments"]]
+    old = [(e.id, e.label) for e in manifest.experiments]
     new = [(e.id, e.label) for e in study.experiments]
     old_ids, new_ids = {i for i, _ in old}, {i for i, _ in new}
     for i, (eid, label) in enumerate(old, 1):
@@ -90,9 +91,7 @@ def plan_differences(manifest: Manifest, study: Study, plan: list[PlannedRun]) -
     if not diffs and [i for i, _ in old] != [i for i, _ in new]:
         diffs.append("the experiments are the same but in a different order")
     if not diffs:
-        runs_old = [(r["run_id"], r["experiment_index"], r["cycle"], r["position"]) for r in manifest.data["runs"]]
-        runs_new = [(r.run_id, r.experiment_index, r.cycle, r.position) for r in plan]
-        if runs_old != runs_new:
+        if manifest.planned() != plan:
             diffs.append("the run order differs")
     return diffs
 
@@ -111,24 +110,22 @@ def check_plan(manifest: Manifest, study: Study, plan: list[PlannedRun]) -> None
 def reconcile(manifest: Manifest) -> list[str]:
     """Make the manifest agree with the disk before anything runs; returns notes."""
     notes = []
-    for run in manifest.data["runs"]:
-        run_dir = manifest.study_dir / run["run_dir"]
-        exp_id = manifest.experiment(run["experiment_index"])["id"]
-        result = load_result(run_dir)
+    for run in manifest.runs:
+        exp_id = manifest.experiment(run.experiment_index).id
+        result = load_result(manifest.run_dir(run.run_id))
         valid = result is not None and result.experiment_id == exp_id
-        if run["state"] == "running":
-            if valid:
-                run.update(state="done", finished_at=run.get("finished_at") or result.finished_at,
-                           error=None, failure_kind=None)
-                notes.append(f"{run['run_id']}: finished just before the study stopped; its result is valid and kept")
-            else:
-                reason = "interrupted: the orchestrator stopped while this run was going (killed, crashed or rebooted)"
-                run.update(state="failed", finished_at=utc_now(), error=reason, failure_kind=failures.INTERRUPTED)
-                notes.append(f"{run['run_id']}: {reason}")
-        elif run["state"] == "done" and not valid:
+        if run.state == "running" and valid:
+            run.state, run.error, run.failure_kind = "done", None, None
+            run.finished_at = run.finished_at or result.finished_at
+            notes.append(f"{run.run_id}: finished just before the study stopped; its result is valid and kept")
+        elif run.state == "running":
+            reason = "interrupted: the orchestrator stopped while this run was going (killed, crashed or rebooted)"
+            run.state, run.finished_at, run.error, run.failure_kind = "failed", utc_now(), reason, failures.INTERRUPTED
+            notes.append(f"{run.run_id}: {reason}")
+        elif run.state == "done" and not valid:
             reason = f"{contract.RESULT_FILE} no longer validates (damaged or removed after the run finished)"
-            run.update(state="failed", error=reason, failure_kind=failures.RESULT_DAMAGED)
-            notes.append(f"{run['run_id']}: {reason}; it runs again")
+            run.state, run.error, run.failure_kind = "failed", reason, failures.RESULT_DAMAGED
+            notes.append(f"{run.run_id}: {reason}; it runs again")
     manifest.save()
     return notes
 
@@ -136,15 +133,14 @@ def reconcile(manifest: Manifest) -> list[str]:
 def to_rerun(manifest: Manifest, retry_failed: bool) -> tuple[list[str], list[str]]:
     """(run ids to run again in plan order, failed run ids left as they are)."""
     again, kept = [], []
-    for run in sorted(manifest.data["runs"], key=lambda r: r["position"]):
-        state = run["state"]
-        if state in ("pending", "skipped", "running"):
-            again.append(run["run_id"])
-        elif state == "failed":
-            if retry_failed or run.get("failure_kind") in failures.RETRY_BY_DEFAULT:
-                again.append(run["run_id"])
+    for run in manifest.in_order():
+        if run.state in ("pending", "skipped", "running"):
+            again.append(run.run_id)
+        elif run.state == "failed":
+            if retry_failed or run.failure_kind in failures.RETRY_BY_DEFAULT:
+                again.append(run.run_id)
             else:
-                kept.append(run["run_id"])
+                kept.append(run.run_id)
     return again, kept
 
 
@@ -153,22 +149,18 @@ def fresh_run_dir(manifest: Manifest, run_id: str) -> None:
     files to attempts/<run id>/<n>/, so the new try starts from an empty directory
     and nothing of the old one is lost."""
     run = manifest.run(run_id)
-    run_dir = manifest.study_dir / run["run_dir"]
+    run_dir = manifest.run_dir(run_id)
     has_files = run_dir.is_dir() and any(run_dir.iterdir())
-    if run["state"] == "pending" and not has_files:
+    if run.state == "pending" and not has_files:
         return
     archive = None
     if has_files:
-        root = manifest.study_dir / ATTEMPTS_DIR / run_id
+        root = manifest.layout.attempts(run_id)
         root.mkdir(parents=True, exist_ok=True)
         n = 1 + max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0)
-        archive = root / str(n)
-        os.replace(run_dir, archive)  # one rename: never half-moved
-        archive = str(archive.relative_to(manifest.study_dir))
-    if run["state"] != "pending" or archive:
-        manifest.new_attempt(run_id)
-        manifest.run(run_id)["attempts"][-1]["files"] = archive
-        manifest.save()
+        os.replace(run_dir, root / str(n))  # one rename: never half-moved
+        archive = str((root / str(n)).relative_to(manifest.study_dir))
+    manifest.new_attempt(run_id, archive)
 
 
 def kill_leftovers(study_dir: Path) -> list[int]:

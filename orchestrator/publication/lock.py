@@ -24,13 +24,11 @@ from llenergymeasure.backends.harness.environment import snapshot, tool_commit
 from llenergymeasure.backends.harness.gpu import GpuDiscovery, nvml_inventory
 from llenergymeasure.backends.prompts import dataset_path
 from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
 from llenergymeasure.orchestrator.study.yaml_file import read_yaml
 
-LOCK_FILE = "study.lock.yaml"
-ENVIRONMENT_FILE = "environment.json"
-REPRODUCE_FILE = "REPRODUCE.md"
 TOOL_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -102,6 +100,7 @@ def host_environment(runner: str) -> dict[str, Any]:
 
 def reproduce_text(study: Study, lock: dict[str, Any], study_dir: Path) -> str:
     commit = lock["tool_commit"] or "(unknown)"
+    layout = StudyLayout(study_dir)
     fetch = "".join(f".venv/bin/llem datasets fetch {d}\n" for d in lock["datasets"] if d in ("aienergyscore",))
     images = "" if lock["runner"] != "docker" else (
         "\nBuild the images (their tags are content hashes; the ids must match the lock):\n\n"
@@ -110,8 +109,8 @@ def reproduce_text(study: Study, lock: dict[str, Any], study_dir: Path) -> str:
 
 Run by llem {lock['tool_version']} at commit `{commit}` with the {lock['runner']} runner:
 {len(lock['experiments'])} configuration(s) x {study.execution.n_cycles} cycle(s), in the order
-recorded in `{LOCK_FILE}` (which also pins models, datasets{' and images' if lock['runner'] == 'docker' else ''}).
-The machine it ran on is described in `{ENVIRONMENT_FILE}`; differences in GPU, driver or
+recorded in `{layout.study_lock.name}` (which also pins models, datasets{' and images' if lock['runner'] == 'docker' else ''}).
+The machine it ran on is described in `{layout.environment.name}`; differences in GPU, driver or
 CPU explain most differences in the numbers.
 
 ```bash
@@ -127,7 +126,7 @@ configuration (writes a new study directory with a comparison table and report):
 .venv/bin/llem reproduce path/to/{study_dir.name} -o results/ --runner {lock['runner']}
 ```
 
-`.venv/bin/llem run path/to/{study_dir.name}/{LOCK_FILE}` runs the same plan without the comparison.
+`.venv/bin/llem run path/to/{study_dir.name}/{layout.study_lock.name}` runs the same plan without the comparison.
 """
 
 
@@ -144,9 +143,10 @@ def write_bundle(study_dir: Path, study: Study, lock: dict[str, Any]) -> None:
     data["lock"] = lock
     header = (f"# llem study lock for {study.name}, written {study_dir.name}. A valid study file:\n"
               f"# `llem run` on it re-runs exactly this plan, after checking every pin in `lock:`.\n")
-    write_bytes_atomic(study_dir / LOCK_FILE, (header + yaml.safe_dump(data, sort_keys=False)).encode("utf-8"))
-    write_json_atomic(study_dir / ENVIRONMENT_FILE, host_environment(runner))
-    write_bytes_atomic(study_dir / REPRODUCE_FILE, reproduce_text(study, lock, study_dir).encode("utf-8"))
+    layout = StudyLayout(study_dir)
+    write_bytes_atomic(layout.study_lock, (header + yaml.safe_dump(data, sort_keys=False)).encode("utf-8"))
+    write_json_atomic(layout.environment, host_environment(runner))
+    write_bytes_atomic(layout.reproduce_md, reproduce_text(study, lock, study_dir).encode("utf-8"))
 
 
 def verify_lock(study: Study, plan: list[PlannedRun], runner: str) -> None:
@@ -178,14 +178,3 @@ def verify_lock(study: Study, plan: list[PlannedRun], runner: str) -> None:
                                 f"{was.get('id')}; build it from the locked commit")
     if problems:
         raise UserError(f"{study.path}: does not match its lock:\n  " + "\n  ".join(problems))
-
-
-def load_lock_summary(study_dir: Path) -> dict[str, Any] | None:
-    """The lock of a study directory for reports, or None when it was not a publication run."""
-    path = study_dir / LOCK_FILE
-    if not path.exists():
-        return None
-    try:
-        return dict(yaml.safe_load(path.read_text(encoding="utf-8")).get("lock") or {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None

@@ -17,10 +17,9 @@ import pandas as pd
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.orchestrator.analysis.compare import compare, environment_differences
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.publication.lock import LOCK_FILE
-from llenergymeasure.orchestrator.analysis.results import StudyResults, open_study
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.analysis.results import StudyResults
 
-REPRODUCTION_FILE = "reproduction.parquet"
 DEFAULT_TOLERANCE = 0.05
 
 
@@ -51,29 +50,17 @@ def reproduction(original: StudyResults, new: StudyResults, tolerance: float = D
 def write_reproduction(study_dir: Path, table: pd.DataFrame) -> Path:
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
-    path = study_dir / REPRODUCTION_FILE
+    path = StudyLayout(study_dir).reproduction
     write_bytes_atomic(path, buf.getvalue())
     return path
 
 
-def load_reproduction(results: StudyResults) -> tuple[pd.DataFrame, list[tuple[str, str, str]], Path] | None:
-    """For the report of a reproduction: its table, the environment differences and the original."""
-    original = results.manifest.data.get("reproduces")
-    path = results.study_dir / REPRODUCTION_FILE
-    if not original or not path.exists():
-        return None
-    try:
-        diffs = environment_differences(open_study(Path(original)), results)
-    except UserError:
-        diffs = []
-    return pd.read_parquet(path), diffs, Path(original)
-
-
 def locked_study_file(study_dir: Path) -> Path:
-    if not (study_dir / "manifest.json").exists():
-        raise UserError(f"{study_dir}: not a study directory (no manifest.json)")
-    lock = study_dir / LOCK_FILE
+    layout = StudyLayout(study_dir)
+    if not layout.manifest.exists():
+        raise UserError(f"{study_dir}: not a study directory (no {layout.manifest.name})")
+    lock = layout.study_lock
     if not lock.exists():
-        raise UserError(f"{study_dir}: has no {LOCK_FILE}: only studies run with --publication "
+        raise UserError(f"{study_dir}: has no {lock.name}: only studies run with --publication "
                         "(execution.publication) are locked and can be reproduced")
     return lock

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from llenergymeasure.backends.config import ExperimentConfig
-from llenergymeasure.orchestrator.execution.runners.docker import GpuAssignment, ImageInfo, assign_device, container_spec
+from llenergymeasure.orchestrator.execution.runners.container import GpuAssignment, ImageInfo, assign_device, container_spec
 from tests.support.helpers import DOCKER_ENV, LOCAL_BASE, REPO, llem, wait_for_second_run, write
 
 TINY = """

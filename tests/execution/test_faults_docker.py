@@ -104,6 +104,7 @@ execution: {n_cycles: 1, order: sequential}
 def test_docker_watchdog_stops_a_hung_container(tmp_path, docker_image, monkeypatch):
     """The Docker runner's watchdog, through the runner itself (no model run: the run
     hangs at start, ignoring SIGTERM, so only SIGKILL after the grace ends it)."""
+    from llenergymeasure.orchestrator.execution.runners.base import RunJob
     from llenergymeasure.orchestrator.execution.runners.docker import DockerRunner
     from llenergymeasure.orchestrator.study.load import load_study
 
@@ -115,7 +116,7 @@ def test_docker_watchdog_stops_a_hung_container(tmp_path, docker_image, monkeypa
     runner = DockerRunner()
     runner.prepare(study, notify=lambda m: None)
     run_dir = tmp_path / "hang_x" / "runs" / "e01-c1"
-    outcome = runner.execute(study.experiments[0].config, run_dir, None, stall_s=2, stop_grace_s=1)
+    outcome = runner.execute(RunJob(study.experiments[0].config, run_dir, stall_s=2, stop_grace_s=1))
     fk.fault("container hangs silently and ignores SIGTERM (watchdog)")
     assert outcome.state == "failed" and outcome.kind == "stalled", outcome
     assert "no output or heartbeat for 2 s" in outcome.error and outcome.exit_code == 137

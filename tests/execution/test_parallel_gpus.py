@@ -36,15 +36,15 @@ def test_runs_overlap_on_disjoint_gpus(tmp_path, tiny_model):
     runner = ParallelRunner(LocalRunner(), 2, FakeHostGpus(2), study, gpus_per_run=1)
     plan = order_runs(len(study.experiments), 2, "interleaved", 0)
     (tmp_path / "s").mkdir()
-    manifest = Manifest.create(tmp_path / "s", study, plan, runner.name, "p.yaml")
+    manifest = Manifest.create(tmp_path / "s", study, plan, runner.name)
     loop = runner.run_whole(manifest, [p.run_id for p in plan], print)
     assert loop.failed == []
-    assert [r["state"] for r in manifest.data["runs"]] == ["done"] * 4
+    assert [r.state for r in manifest.runs] == ["done"] * 4
     spans = []
-    for r in manifest.data["runs"]:
-        result = json.loads((tmp_path / "s" / r["run_dir"] / "result.json").read_text())
+    for r in manifest.runs:
+        result = json.loads((tmp_path / "s" / r.run_dir / "result.json").read_text())
         gpus = result["environment"]["env"]["CUDA_VISIBLE_DEVICES"]
-        assert [gpus] == r["gpu_uuids"]
+        assert [gpus] == r.gpu_uuids
         spans.append((datetime.fromisoformat(result["started_at"]), datetime.fromisoformat(result["finished_at"]), gpus))
     overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
     assert overlapping, "no two runs ran at the same time"
@@ -77,7 +77,7 @@ def _parallel_study(tmp_path, text: str, inner, gpus: int = 2):
     runner = ParallelRunner(inner, study.execution.parallel_gpus, FakeHostGpus(gpus), study, gpus_per_run=1)
     plan = order_runs(len(study.experiments), study.execution.n_cycles, study.execution.order, 0)
     (tmp_path / "s").mkdir()
-    manifest = Manifest.create(tmp_path / "s", study, plan, runner.name, "p.yaml")
+    manifest = Manifest.create(tmp_path / "s", study, plan, runner.name)
     return runner, manifest, plan
 
 
@@ -89,11 +89,11 @@ def test_fail_fast_starts_no_new_run_and_skips_the_rest(tmp_path, tiny_model, mo
     runner, manifest, plan = _parallel_study(tmp_path, STUDY.replace("n_cycles: 2", "n_cycles: 3")
                                              .replace("[1, 2]", "[1, 2, 3]"), LocalRunner())
     loop = runner.run_whole(manifest, [p.run_id for p in plan], print, policy=Policy(fail_fast=True))
-    states = {r["run_id"]: r["state"] for r in manifest.data["runs"]}
+    states = {r.run_id: r.state for r in manifest.runs}
     assert states["e01-c1"] == "failed" and loop.failed == ["e01-c1"]
     assert states["e02-c1"] == "done"  # started beside it before the failure: allowed to finish
     assert sorted(s for r, s in states.items() if r not in ("e01-c1", "e02-c1")) == ["skipped"] * 7
-    assert "fail-fast" in loop.stopped and manifest.data["status"] == "stopped"
+    assert "fail-fast" in loop.stopped and manifest.status == "stopped"
     error = json.loads((tmp_path / "s" / "runs" / "e01-c1" / "error.json").read_text())
     assert "InjectedFault" in error["message"] + error.get("traceback", "")
 
@@ -110,7 +110,7 @@ from tests.execution.test_gpu_slots import FakeHostGpus
 study = load_study(sys.argv[1])
 runner = ParallelRunner(LocalRunner(), 2, FakeHostGpus(2), study, gpus_per_run=1)
 plan = order_runs(len(study.experiments), study.execution.n_cycles, "interleaved", 0)
-manifest = Manifest.create(__import__("pathlib").Path(sys.argv[2]), study, plan, runner.name, "p.yaml")
+manifest = Manifest.create(__import__("pathlib").Path(sys.argv[2]), study, plan, runner.name)
 runner.run_whole(manifest, [p.run_id for p in plan], lambda m: print(m, flush=True))
 """
 
@@ -144,12 +144,12 @@ def test_ctrl_c_stops_every_running_run_and_marks_them_interrupted(tmp_path, tin
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert fk.run_processes(tmp_path / "s") == []  # both stopped, not orphaned
     manifest = Manifest.load(tmp_path / "s")
-    states = sorted(r["state"] for r in manifest.data["runs"])
+    states = sorted(r.state for r in manifest.runs)
     assert states == ["failed", "failed", "pending", "pending"], states
-    assert manifest.data["status"] == "interrupted"
-    for r in manifest.data["runs"]:
-        if r["state"] == "failed":
-            assert r["failure_kind"] == "interrupted" and "Ctrl-C" in r["error"]
+    assert manifest.status == "interrupted"
+    for r in manifest.runs:
+        if r.state == "failed":
+            assert r.failure_kind == "interrupted" and "Ctrl-C" in r.error
 
 
 @pytest.mark.slow
@@ -162,24 +162,22 @@ def test_docker_runs_overlap_in_their_own_containers(tmp_path, docker_image, mon
     runner, manifest, plan = _parallel_study(tmp_path, STUDY.replace("n_cycles: 2", "n_cycles: 1"), DockerRunner())
     runner.prepare(runner.study, print)
     loop = runner.run_whole(manifest, [p.run_id for p in plan], print)
-    assert loop.failed == [] and [r["state"] for r in manifest.data["runs"]] == ["done"] * 2
+    assert loop.failed == [] and [r.state for r in manifest.runs] == ["done"] * 2
     spans, gpus = [], []
-    for r in manifest.data["runs"]:
-        result = json.loads((tmp_path / "s" / r["run_dir"] / "result.json").read_text())
+    for r in manifest.runs:
+        result = json.loads((tmp_path / "s" / r.run_dir / "result.json").read_text())
         assert result["environment"]["image"]["id"] == runner.inner.images["pytorch"].id  # ran in the image
         spans.append((datetime.fromisoformat(result["started_at"]), datetime.fromisoformat(result["finished_at"])))
-        gpus.append(tuple(r["gpu_uuids"]))
+        gpus.append(tuple(r.gpu_uuids))
     (a0, a1), (b0, b1) = spans
     assert a0 < b1 and b0 < a1, "the two containers did not run at the same time"
     assert sorted(gpus) == [("GPU-fake-0",), ("GPU-fake-1",)]
 
 
 def test_parallel_runs_lock_every_gpu_they_may_use():
-    from llenergymeasure.orchestrator.api import _devices
-
     study = type("S", (), {"experiments": [], "execution": None})()
     runner = ParallelRunner(LocalRunner(), 2, FakeHostGpus(3), study)
-    assert _devices(study, runner, {}) == ["gpu-GPU-fake-0", "gpu-GPU-fake-1", "gpu-GPU-fake-2"]
+    assert runner.lock_keys(study, {}) == ["gpu-GPU-fake-0", "gpu-GPU-fake-1", "gpu-GPU-fake-2"]
 
 
 def test_a_tensor_parallel_run_needs_that_many_gpus(tmp_path):

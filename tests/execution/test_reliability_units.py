@@ -75,7 +75,7 @@ def test_error_json_keeps_the_harness_error_and_adds_the_log_tail(tmp_path, monk
     (tmp_path / contract.ERROR_FILE).write_text(json.dumps({
         "experiment_id": "x", "error_type": "Terminated", "message": "terminated by signal SIGTERM",
         "traceback": "Traceback ...", "started_at": "t0", "finished_at": "t1"}))
-    failures.write_error_file(tmp_path, failures.TIMEOUT, "timed out after 4 s", -15, "x", "t0", "t2")
+    failures.write_error_file(tmp_path, failures.ErrorReport(failures.TIMEOUT, "timed out after 4 s", -15, "x", "t0", "t2"))
     err = json.loads((tmp_path / contract.ERROR_FILE).read_text())
     assert err["error_type"] == "Timeout" and err["message"] == "timed out after 4 s"
     assert err["cause"] == "Terminated: terminated by signal SIGTERM" and err["traceback"] == "Traceback ..."
@@ -148,22 +148,22 @@ def test_device_locks_between_two_processes_with_a_fake_gpu_inventory():
 
 def test_study_devices_come_from_the_runner_gpu_inventory(tmp_path):
     """Which locks a study takes, with the Docker runner's pinning over a fake inventory."""
-    from llenergymeasure.orchestrator.api import _devices
+    from llenergymeasure.orchestrator.execution.runners.container import assign_device
+    from llenergymeasure.orchestrator.execution.runners.local import LocalRunner
     from llenergymeasure.orchestrator.study.preflight import Placement
-    from llenergymeasure.orchestrator.execution.runners.docker import assign_device
     from llenergymeasure.orchestrator.study.load import load_study
     from tests.support.helpers import write
     from tests.support.fakes import FakeGpu
 
     inventory = [(g.index, g.uuid, g.name) for g in (FakeGpu(uuid=f"GPU-fake-{i}", index=i) for i in range(2))]
 
-    class PinningRunner:  # the Docker runner's own pinning logic over the fake inventory
+    class PinningRunner(LocalRunner):  # the Docker runner's own pinning logic over the fake inventory
         def gpu_uuids(self, config):
             return assign_device(config.device, inventory).host_uuids
 
     study = load_study(write(tmp_path / "s.yaml", "model: llem/tiny-llama\nsweep: {device: [cuda:0, cuda:1]}\n"))
     resolved = {1: Placement("cuda:0"), 2: Placement("cuda:0")}
-    assert _devices(study, PinningRunner(), resolved) == ["gpu-GPU-fake-0", "gpu-GPU-fake-1"]
+    assert PinningRunner().lock_keys(study, resolved) == ["gpu-GPU-fake-0", "gpu-GPU-fake-1"]
 
 
 def test_secrets_are_redacted(monkeypatch):

@@ -193,7 +193,7 @@ def test_study_can_choose_slurm_and_dry_run_describes_the_array(tmp_path, tiny_m
 
 def test_an_array_slurm_forgot_without_a_trace_fails_its_runs_with_the_reason(tmp_path, tiny_model, slurm_cluster):
     """A job id slurmctld does not know (aged out, no accounting, no task record): not left pending forever."""
-    from llenergymeasure.orchestrator.execution.manifest import Manifest
+    from llenergymeasure.orchestrator.execution.manifest import Manifest, SlurmRecord, Submission
     from llenergymeasure.orchestrator.study.plan import order_runs
     from llenergymeasure.orchestrator.execution.slurm.follow import poll
     from llenergymeasure.orchestrator.study.load import load_study
@@ -201,11 +201,11 @@ def test_an_array_slurm_forgot_without_a_trace_fails_its_runs_with_the_reason(tm
     study = load_study(write(tmp_path / "s.yaml", TWO_BY_TWO))
     plan = order_runs(len(study.experiments), 1, "sequential", 0)
     (tmp_path / "d").mkdir()
-    m = Manifest.create(tmp_path / "d", study, plan, "slurm", "s.yaml")
-    m.data["slurm"] = {"settings": {}, "submissions": [{"job_id": "987654", "runs": [p.run_id for p in plan]}]}
+    m = Manifest.create(tmp_path / "d", study, plan, "slurm")
+    m.slurm = SlurmRecord(submissions=[Submission(job_id="987654", runs=[p.run_id for p in plan])])
     assert poll(m)
-    assert {r["state"] for r in m.data["runs"]} == {"failed"}
-    assert all("Slurm no longer knows job 987654" in r["error"] for r in m.data["runs"])
+    assert {r.state for r in m.runs} == {"failed"}
+    assert all("Slurm no longer knows job 987654" in r.error for r in m.runs)
 
 
 def test_ctrl_c_cancels_the_array(tmp_path, tiny_model, slurm_cluster):

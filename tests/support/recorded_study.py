@@ -18,7 +18,7 @@ import pandas as pd
 
 from llenergymeasure.backends.contract import ERROR_FILE, RESULT_FILE, TIMESERIES_FILE
 from llenergymeasure.backends.harness.result import RunResult
-from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest
 from llenergymeasure.orchestrator.study.plan import order_runs
 from llenergymeasure.orchestrator.study.load import load_study
 from llenergymeasure.orchestrator.analysis.tables import write_runs_table
@@ -55,7 +55,7 @@ def build(root: Path, template: RunResult, analysis_yaml: str = "", seed: int = 
     (study_dir / study_file.name).write_text(study_file.read_text())
     analysis = {"reference_index": study.reference_index, "costs": study.analysis.costs.model_dump(mode="json"),
                 "cost_sources": {k: "study file" for k in study.analysis.costs.model_fields_set}}
-    manifest = Manifest.create(study_dir, study, plan, "docker", study_file.name, analysis)
+    manifest = Manifest.create(study_dir, study, plan, "docker", analysis=AnalysisRecord(**analysis))
     for i, run in enumerate(plan):
         exp = study.experiments[run.experiment_index - 1]
         run_dir = study_dir / "runs" / run.run_id
@@ -107,5 +107,5 @@ def build(root: Path, template: RunResult, analysis_yaml: str = "", seed: int = 
 def recorded_result(study_dir: Path) -> RunResult:
     """The first finished run's result of a real study directory."""
     m = Manifest.load(study_dir)
-    run = next(r for r in m.data["runs"] if r["state"] == "done")
-    return RunResult.model_validate_json((study_dir / run["run_dir"] / RESULT_FILE).read_text())
+    run = next(r for r in m.runs if r.state == "done")
+    return RunResult.model_validate_json((study_dir / run.run_dir / RESULT_FILE).read_text())

@@ -1,55 +1,63 @@
-"""The runner interface and registry."""
+"""What a runner is, declared in types.
+
+Every runner executes runs with the same contract: the experiment as JSON in one
+environment variable, files written into the run directory, the exit code as the
+outcome. There are two kinds, and a runner is one or the other by its class:
+
+- `Runner`: one run at a time (`execute(job)`); the study loop (loop.py) drives it.
+  The local and Docker runners.
+- `PlanRunner`: takes the whole plan at once (`run_whole(...)`) and schedules it
+  itself: Slurm (one job array) and parallel GPUs (several runs at once).
+
+Both say which device locks a study needs on this host (`lock_keys`), which host
+GPUs an experiment's runs use (`gpu_uuids`), and get ready for a study (`prepare`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.orchestrator.execution.locks import device_keys
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
-from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.notify import Notify
+from llenergymeasure.orchestrator.study.preflight import Placement
+from llenergymeasure.orchestrator.study.spec import DEFAULT_STOP_GRACE_S, Execution, Study
 
 if TYPE_CHECKING:
-    from llenergymeasure.orchestrator.study.spec import Study
+    from llenergymeasure.orchestrator.execution.manifest import Manifest
+    from llenergymeasure.orchestrator.execution.recording import LoopResult, Policy
 
 
+@dataclass(frozen=True)
+class RunJob:
+    """One run to execute: the experiment, where its files go, and how long it may take.
 
-class Runner(Protocol):
-    name: str
+    A runner stops the run when `timeout_s` passes or nothing is heard from it for
+    `stall_s` (SIGTERM, then SIGKILL after `stop_grace_s`). `extra_env` adds contract
+    variables (e.g. a reusable idle baseline). `gpus`: host GPU UUIDs the parallel
+    scheduler chose, used instead of the run's `device:` (the run sees them as
+    cuda:0..N-1). `on_tick(elapsed_s)` is called while the run goes; raising
+    KeyboardInterrupt from it stops the run as Ctrl-C would."""
 
-    def describe(self) -> str:
-        """One line for the plan: where runs execute."""
-        ...
+    config: ExperimentConfig
+    run_dir: Path
+    timeout_s: float | None = None
+    stall_s: float | None = None
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    gpus: tuple[str, ...] = ()
+    on_tick: Callable[[float], None] | None = None
 
-    def resolve_device(self, spec: str) -> str:
-        """What `device:` means for runs of this runner (raises ValueError if impossible)."""
-        ...
-
-    def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
-        """Get ready for this study (e.g. images, built only if `build`); raise
-        UserError if it can't run."""
-        ...
-
-    def execute(
-        self,
-        config: ExperimentConfig,
-        run_dir: Path,
-        timeout_s: float | None,
-        on_tick: Callable[[float], None] | None = None,
-        extra_env: dict[str, str] | None = None,
-        stall_s: float | None = None,
-        stop_grace_s: float = 10.0,
-        gpus: Sequence[str] | None = None,
-    ) -> RunOutcome:
-        """Run one experiment to completion, or stop it (timeout, no progress for
-        `stall_s`: SIGTERM, then SIGKILL after `stop_grace_s`). Never raises for a
-        failed run; raises RunnerLost when the runner itself can no longer work.
-        `extra_env` adds contract variables (e.g. a reusable idle baseline).
-        `gpus`: host GPU UUIDs the run must use instead of its `device:` (the
-        parallel scheduler places runs); the run sees them as cuda:0..N-1."""
-        ...
+    @classmethod
+    def limited_by(cls, execution: Execution, config: ExperimentConfig, run_dir: Path, **more: object) -> RunJob:
+        """A job with the study's own limits (run_timeout_s, stall_timeout_s, stop_grace_s)."""
+        return cls(config, run_dir, timeout_s=execution.run_timeout_s, stall_s=execution.stall_timeout_s,
+                   stop_grace_s=execution.stop_grace_s, **more)  # type: ignore[arg-type]
 
 
 class RunnerLost(Exception):
@@ -58,18 +66,51 @@ class RunnerLost(Exception):
     once it is back. Not a failure of the run's configuration."""
 
 
-RUNNERS: dict[str, Callable[[], Runner]] = {}
+class RunnerBase(ABC):
+    """What every runner offers, whichever kind it is."""
+
+    name: str
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for the plan: where runs execute."""
+
+    @abstractmethod
+    def resolve_device(self, spec: str) -> str:
+        """What `device:` means for runs of this runner (raises ValueError if impossible)."""
+
+    @abstractmethod
+    def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
+        """Get ready for this study (images, engines; built only if `build`); raise
+        UserError if it can't run."""
+
+    def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
+        """Host UUIDs of the GPUs this experiment's runs use ([] without NVML, or when
+        runs execute elsewhere)."""
+        return []
+
+    def lock_keys(self, study: Study, placements: Mapping[int, Placement]) -> list[str]:
+        """The device locks (execution/locks.py) a study must hold on this host while it runs."""
+        keys: set[str] = set()
+        for e in study.experiments:
+            keys.update(device_keys(self.gpu_uuids(e.config), placements[e.index].device))
+        return sorted(keys)
 
 
-def register_runner(name: str) -> Callable[[Callable[[], Runner]], Callable[[], Runner]]:
-    def deco(factory: Callable[[], Runner]) -> Callable[[], Runner]:
-        RUNNERS[name] = factory
-        return factory
+class Runner(RunnerBase):
+    """Runs one run at a time; the study loop hands it each run in turn."""
 
-    return deco
+    @abstractmethod
+    def execute(self, job: RunJob) -> RunOutcome:
+        """Run one experiment to completion, or stop it (see RunJob). Never raises for
+        a failed run; raises RunnerLost when the runner itself can no longer work."""
 
 
-def get_runner(name: str) -> Runner:
-    if name not in RUNNERS:
-        raise UserError(f"--runner: '{name}' is unknown; use one of: auto, {', '.join(RUNNERS)}")
-    return RUNNERS[name]()
+class PlanRunner(RunnerBase):
+    """Takes the whole plan at once and schedules it itself."""
+
+    @abstractmethod
+    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, policy: Policy | None = None,
+                  detach: bool = False) -> LoopResult | None:
+        """Run `run_ids` (in this order) and record every outcome in the manifest; the
+        loop's result, or None when `detach` returned right after submitting."""

@@ -8,16 +8,18 @@ then the task's own record), and moves runs pending -> running -> done | failed.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from llenergymeasure.orchestrator.notify import Notify
-from llenergymeasure.orchestrator.execution.outcome import read_outcome
-from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.backends.clock import utc_now
+from llenergymeasure.orchestrator.execution.manifest import Manifest, RunEntry, SlurmRecord, SlurmTask, Submission
+from llenergymeasure.orchestrator.execution.outcome import read_outcome
 from llenergymeasure.orchestrator.execution.slurm import commands
 from llenergymeasure.orchestrator.execution.slurm.commands import ACTIVE, WAITING, TaskState
-from llenergymeasure.orchestrator.execution.slurm.task import read_task_record
+from llenergymeasure.orchestrator.execution.slurm.records import TaskRecord, read_task_record
+from llenergymeasure.orchestrator.notify import Notify
 
+OPEN = ("pending", "running")
 
 # why a run ended, for Slurm's final states other than COMPLETED
 REASONS = {
@@ -31,8 +33,10 @@ REASONS = {
 }
 
 
-def submissions(manifest: Manifest) -> list[dict[str, Any]]:
-    return manifest.data.setdefault("slurm", {}).setdefault("submissions", [])
+def slurm_record(manifest: Manifest) -> SlurmRecord:
+    if manifest.slurm is None:
+        manifest.slurm = SlurmRecord()
+    return manifest.slurm
 
 
 def _final_reason(task: TaskState, run_dir_reason: str | None, settings: dict[str, Any]) -> str:
@@ -45,76 +49,99 @@ def _final_reason(task: TaskState, run_dir_reason: str | None, settings: dict[st
     return f"Slurm {task.state}: {text}"
 
 
+@dataclass
+class _Seen:
+    """What one poll saw of one run's array task."""
+
+    job_id: str
+    index: int
+    task: TaskState | None
+    forgotten: bool  # slurmctld no longer knows the array
+
+
 def poll(manifest: Manifest, notify: Notify | None = None) -> bool:
     """One look at every submission; True when no run is pending or running."""
-    settings = manifest.data.get("slurm", {}).get("settings", {})
     changed = False
-    for sub in submissions(manifest):
-        open_runs = [r for r in sub["runs"] if manifest.run(r)["state"] in ("pending", "running")]
+    for sub in slurm_record(manifest).submissions:
+        open_runs = [r for r in sub.runs if manifest.run(r).state in OPEN]
         if not open_runs:
             continue
-        live = commands.array_states(sub["job_id"])  # None: slurmctld has forgotten the whole array
-        tasks = dict(live or {})
-        if any(i not in tasks for i, r in enumerate(sub["runs"]) if r in open_runs):
-            tasks = {**commands.finished_elsewhere(sub["job_id"]), **tasks}
-        for index, run_id in enumerate(sub["runs"]):
-            if run_id not in open_runs:
-                continue
-            changed |= _apply(manifest, run_id, sub["job_id"], index, tasks.get(index), settings, notify,
-                              forgotten=live is None)
+        for run_id, seen in _look(sub, open_runs).items():
+            changed |= _apply(manifest, run_id, seen, notify)
     if changed:
         manifest.save()
-    return all(r["state"] not in ("pending", "running") for r in manifest.data["runs"])
+    return all(r.state not in OPEN for r in manifest.runs)
 
 
-def _apply(manifest: Manifest, run_id: str, job_id: str, index: int, task: TaskState | None,
-           settings: dict[str, Any], notify: Notify | None, forgotten: bool = False) -> bool:
+def _look(sub: Submission, open_runs: list[str]) -> dict[str, _Seen]:
+    live = commands.array_states(sub.job_id)  # None: slurmctld has forgotten the whole array
+    tasks = dict(live or {})
+    if any(i not in tasks for i, r in enumerate(sub.runs) if r in open_runs):
+        tasks = {**commands.finished_elsewhere(sub.job_id), **tasks}
+    return {run_id: _Seen(sub.job_id, i, tasks.get(i), forgotten=live is None)
+            for i, run_id in enumerate(sub.runs) if run_id in open_runs}
+
+
+def _task_from_record(seen: _Seen, record: TaskRecord) -> TaskState:
+    """Slurm forgot the task, but the task itself recorded how it ended."""
+    done = record.state == "done"
+    return TaskState(seen.index, "COMPLETED" if done else "FAILED",
+                     exit_code=0 if done else (record.exit_code or 1), node=record.node)
+
+
+def _apply(manifest: Manifest, run_id: str, seen: _Seen, notify: Notify | None) -> bool:
     run = manifest.run(run_id)
     record = read_task_record(manifest.study_dir, run_id)
+    task = seen.task
     if task is None:
-        if "finished_at" not in record:
-            if not forgotten:
-                return False  # not visible yet
-            # the array is gone from slurmctld, and neither accounting nor the run kept a trace
-            run.update(state="failed", finished_at=utc_now(), error=(
-                f"Slurm no longer knows job {job_id} and the run left no record: it never started, or its "
-                "node lost it; `llem resubmit` runs it again"), slurm={**run.get("slurm", {}), "state": "UNKNOWN"})
-            return True
-        code = record.get("exit_code")
-        task = TaskState(index, "COMPLETED" if record.get("state") == "done" else "FAILED",
-                         exit_code=0 if record.get("state") == "done" else (code or 1), node=record.get("node"))
-    slurm = {**run.get("slurm", {}), "job_id": job_id, "array_task_id": index, "state": task.state}
-    if task.node:
-        slurm["node"] = task.node
-    if record.get("gpu_uuids") is not None:
-        slurm["gpu_uuids"] = record["gpu_uuids"]
-    started = record.get("started_at") or run.get("started_at")
+        if record is None or record.finished_at is None:
+            return seen.forgotten and _forgotten(run, seen.job_id)
+        task = _task_from_record(seen, record)
+    slurm = SlurmTask(job_id=seen.job_id, array_task_id=seen.index, state=task.state,
+                      node=task.node or (run.slurm.node if run.slurm else None),
+                      gpu_uuids=record.gpu_uuids if record else (run.slurm.gpu_uuids if run.slurm else None))
+    started = (record.started_at if record else None) or run.started_at
     if task.state in WAITING:
-        if run.get("slurm") != slurm:
-            run["slurm"] = slurm
-            return True
-        return False
+        return _set(run, slurm=slurm)
     if task.state in ACTIVE:
-        if run["state"] != "running" or run.get("slurm") != slurm or run.get("started_at") != started:
-            if run["state"] != "running" and notify:
-                notify(f"running  {run_id} on {task.node} (job {job_id}_{index})")
-            run.update(state="running", started_at=started, slurm=slurm)
-            return True
-        return False
-    run_dir = manifest.study_dir / run["run_dir"]
+        if run.state != "running" and notify:
+            notify(f"running  {run_id} on {task.node} (job {seen.job_id}_{seen.index})")
+        return _set(run, state="running", started_at=started, slurm=slurm)
+    state, error = _ended(manifest, run, task)
+    _set(run, state=state, started_at=started, finished_at=(record.finished_at if record else None) or utc_now(),
+         exit_code=task.exit_code, error=error, slurm=slurm)
+    if notify:
+        notify(f"{state:8} {run_id}" + (f": {error}" if error else "") + f" (job {seen.job_id}_{seen.index}, {task.node})")
+    return True
+
+
+def _ended(manifest: Manifest, run: RunEntry, task: TaskState) -> tuple[str, str | None]:
+    run_dir = manifest.run_dir(run.run_id)
     if task.state == "COMPLETED":
         outcome = read_outcome(run_dir, 0)
-        state, error = outcome.state, outcome.error
-    else:
-        outcome = read_outcome(run_dir, task.exit_code or 1)
-        has_own_reason = (run_dir / "error.json").exists()
-        state, error = "failed", _final_reason(task, outcome.error if has_own_reason or task.state == "FAILED" else None,
-                                              settings)
-    run.update(state=state, started_at=started, finished_at=record.get("finished_at") or utc_now(),
-               exit_code=task.exit_code, error=error, slurm=slurm)
-    if notify:
-        notify(f"{state:8} {run_id}" + (f": {error}" if error else "") + f" (job {job_id}_{index}, {task.node})")
+        return outcome.state, outcome.error
+    outcome = read_outcome(run_dir, task.exit_code or 1)
+    own = outcome.error if (run_dir / "error.json").exists() or task.state == "FAILED" else None
+    return "failed", _final_reason(task, own, slurm_record(manifest).settings)
+
+
+def _forgotten(run: RunEntry, job_id: str) -> bool:
+    """The array is gone from slurmctld, and neither accounting nor the run kept a trace."""
+    _set(run, state="failed", finished_at=utc_now(), slurm=(run.slurm or SlurmTask()).model_copy(
+        update={"state": "UNKNOWN"}), error=(
+        f"Slurm no longer knows job {job_id} and the run left no record: it never started, or its "
+        "node lost it; `llem resubmit` runs it again"))
     return True
+
+
+def _set(run: RunEntry, **fields: object) -> bool:
+    """Set fields on a run; whether anything changed."""
+    changed = False
+    for name, value in fields.items():
+        if getattr(run, name) != value:
+            setattr(run, name, value)
+            changed = True
+    return changed
 
 
 def follow(manifest: Manifest, interval_s: float, notify: Notify | None = None) -> None:
@@ -125,10 +152,10 @@ def follow(manifest: Manifest, interval_s: float, notify: Notify | None = None) 
 
 def cancel_open(manifest: Manifest, why: str) -> None:
     """scancel every submission with runs still open; mark those runs failed with `why`."""
-    for sub in submissions(manifest):
-        if any(manifest.run(r)["state"] in ("pending", "running") for r in sub["runs"]):
-            commands.scancel(sub["job_id"])
-    for r in manifest.data["runs"]:
-        if r["state"] in ("pending", "running"):
-            r.update(state="failed", finished_at=utc_now(), error=why)
+    for sub in slurm_record(manifest).submissions:
+        if any(manifest.run(r).state in OPEN for r in sub.runs):
+            commands.scancel(sub.job_id)
+    for r in manifest.runs:
+        if r.state in OPEN:
+            r.state, r.finished_at, r.error = "failed", utc_now(), why
     manifest.save()

@@ -1,39 +1,35 @@
 """Slurm runner: the whole plan goes out as one job array (one task per run).
 
-Each task runs `python -m llenergymeasure.orchestrator.execution.slurm.task STUDY_DIR RUN_ID` on its node,
-which executes exactly one run with the usual contract into the shared study
-directory. This side writes the batch script into the study directory, submits
-it once, and follows the array, updating the manifest as tasks start and end.
+Each task runs `python -m llenergymeasure.orchestrator.execution.slurm.task STUDY_DIR
+RUN_ID` on its node, which executes exactly one run with the usual contract into the
+shared study directory. This side writes the batch script into the study directory,
+submits it once, and follows the array, updating the manifest as tasks start and end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
 
-from llenergymeasure.orchestrator.notify import Notify
-from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.devices import resolve_device
-from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.errors import NothingStarted, UserError
-from llenergymeasure.orchestrator.execution.runners.base import register_runner
-from llenergymeasure.orchestrator.execution.slurm.commands import partition_names
+from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.execution.recording import LoopResult, Policy
+from llenergymeasure.orchestrator.execution.runners.base import PlanRunner
+from llenergymeasure.orchestrator.execution.slurm import commands
+from llenergymeasure.orchestrator.execution.slurm.follow import poll, slurm_record
 from llenergymeasure.orchestrator.execution.slurm.settings import SlurmSettings, resolve_settings
 from llenergymeasure.orchestrator.execution.slurm.submit import follow_study, submit
+from llenergymeasure.orchestrator.notify import Notify
+from llenergymeasure.orchestrator.study.preflight import Placement
+from llenergymeasure.orchestrator.study.spec import Study
+from llenergymeasure.orchestrator.study.user_config import load_user_config
 
 
-
-@register_runner("slurm")
-class SlurmRunner:
+class SlurmRunner(PlanRunner):
     name = "slurm"
-    takes_whole_plan = True  # api.run hands it the plan instead of one run at a time
-    remote = True  # runs measure on the nodes: no device locks on this machine
 
     def __init__(self) -> None:
-        from llenergymeasure.orchestrator.execution.slurm.commands import require_tools
-
-        require_tools("sbatch", "scontrol", "scancel", "sinfo")
+        commands.require_tools("sbatch", "scontrol", "scancel", "sinfo")
         self.settings = SlurmSettings()
 
     def describe(self) -> str:
@@ -54,35 +50,26 @@ class SlurmRunner:
             return spec if ":" in spec else "cuda:0"
         return resolve_device(spec)
 
-    def prepare(self, study: Any, notify: Notify, build: bool = True) -> None:
-        from llenergymeasure.orchestrator.study.user_config import load_user_config
-
+    def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
         user, _ = load_user_config()
-        self.settings = resolve_settings(getattr(study, "slurm", None), user.slurm, study.path)
-        from llenergymeasure.orchestrator.execution.slurm.commands import partition_nodes
-
-        if self.settings.partition and not partition_nodes(self.settings.partition):
-            known = ", ".join(sorted(set(partition_names()))) or "none"
+        self.settings = resolve_settings(study.slurm, user.slurm, study.path)
+        if self.settings.partition and not commands.partition_nodes(self.settings.partition):
+            known = ", ".join(sorted(set(commands.partition_names()))) or "none"
             raise UserError(f"{study.path}: slurm.partition: '{self.settings.partition}' is not a partition "
                             f"of this cluster; use one of: {known}")
 
-    def execute(self, config: ExperimentConfig, run_dir: Path, timeout_s: float | None,
-                on_tick: Callable[[float], None] | None = None,
-                extra_env: dict[str, str] | None = None) -> RunOutcome:
-        raise UserError("the slurm runner runs a whole plan as a job array, not one run at a time")
+    def lock_keys(self, study: Study, placements: Mapping[int, Placement]) -> list[str]:
+        """None: runs measure on the nodes, whose GPUs Slurm owns."""
+        return []
 
-    def run_whole(self, manifest: Any, run_ids: list[str], notify: Notify, detach: bool = False,
-                  policy: Any = None) -> Any:
+    def run_whole(self, manifest: Manifest, run_ids: list[str], notify: Notify, policy: Policy | None = None,
+                  detach: bool = False) -> LoopResult | None:
         """Submit `run_ids` (in this order) as one array and, unless `detach`, follow it to the
-        end: the loop's result (runs failed, why it stopped), or None when detached. The
-        array is submitted whole, so `policy` (--fail-fast, max_consecutive_failures) does
-        not apply: Slurm runs the tasks independently."""
-        from llenergymeasure.orchestrator.execution.loop import LoopResult
-        from llenergymeasure.orchestrator.execution.slurm.follow import poll
-
+        end. The array is submitted whole, so `policy` (--fail-fast, max_consecutive_failures)
+        does not apply: Slurm runs the tasks independently."""
         if policy is not None and policy.fail_fast:
             notify("--fail-fast does not apply to the Slurm runner: the array's tasks run independently")
-        if manifest.data.get("slurm", {}).get("submissions") and not poll(manifest):
+        if slurm_record(manifest).submissions and not poll(manifest):
             raise UserError(f"{manifest.study_dir}: runs of this study are still queued or running in Slurm; "
                             f"wait for them (`llem collect {manifest.study_dir}`) or scancel them first")
         try:
@@ -94,4 +81,4 @@ class SlurmRunner:
                    f"finish with `llem collect {manifest.study_dir}`")
             return None
         follow_study(manifest, self.settings.poll_interval_s, notify)
-        return LoopResult(failed=[r for r in run_ids if manifest.run(r)["state"] == "failed"])
+        return LoopResult(failed=[r for r in run_ids if manifest.run(r).state == "failed"])

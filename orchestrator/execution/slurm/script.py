@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 
 from llenergymeasure.backends import __version__
+from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.execution.slurm.settings import SlurmSettings
-
-SLURM_DIR = "slurm"
-
 
 def sbatch_options(s: SlurmSettings, name: str, n_tasks: int, logs: Path) -> list[str]:
     throttle = f"%{s.max_concurrent}" if s.max_concurrent else ""
@@ -47,7 +45,7 @@ def sbatch_options(s: SlurmSettings, name: str, n_tasks: int, logs: Path) -> lis
 
 
 def render(s: SlurmSettings, study_dir: Path, study_name: str, run_ids: list[str], submission: int) -> str:
-    logs = study_dir / SLURM_DIR / "logs"
+    logs = StudyLayout(study_dir).slurm_logs
     python = s.python or sys.executable
     lines = [
         "#!/bin/bash",
