@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from llenergymeasure.backends import contract
@@ -29,3 +30,11 @@ def repo_data_dir() -> Path:
     """
     env = os.environ.get("LLEM_SHIPPED_DATASETS")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "datasets"
+
+
+def import_root() -> Path:
+    """The directory `llenergymeasure` is imported from: a source checkout's root, or the
+    site-packages it is installed in. A process started with it first on its path
+    imports the same code as the process that started it."""
+    package = sys.modules["llenergymeasure"]
+    return Path(list(package.__path__)[0]).resolve().parent

@@ -21,9 +21,18 @@ the host side (pandas, the docker SDK, ...).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
-from llenergymeasure.backends import __version__
+# A source checkout holds the parts as top-level folders beside this package
+# (orchestrator/, backends/, datasets/; setup.py maps them in when installing): they are
+# searched for the subpackages too, so a checkout runs its own code whether it is
+# installed or not, and never a mix of two checkouts.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "setup.py").is_file() and (_checkout / "backends" / "__init__.py").is_file():
+    __path__.append(str(_checkout))
+
+from llenergymeasure.backends import __version__  # noqa: E402
 
 # public name -> module that defines it
 _EXPORTS = {

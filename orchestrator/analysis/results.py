@@ -11,8 +11,7 @@ import pandas as pd
 
 from llenergymeasure.orchestrator.study.analysis_section import Costs
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.layout import StudyLayout
-from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study_manifest
 from llenergymeasure.orchestrator.analysis.energy_columns import energy_published
 from llenergymeasure.orchestrator.analysis.summary import summarise
 from llenergymeasure.orchestrator.analysis.tables import run_rows
@@ -40,18 +39,7 @@ def analysis_settings(manifest: Manifest) -> tuple[int, Costs, dict[str, str]]:
 
 def open_study(path: Path, reference: int | None = None) -> StudyResults:
     """Load DIR as a study directory; UserError (exit 2) when it is not one."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: no such directory; give a study directory created by `llem run` "
-                        "(e.g. results/<study>_<timestamp>)")
-    manifest_file = StudyLayout(path).manifest
-    if not manifest_file.is_file():
-        raise UserError(f"{path}: not a study directory (no {manifest_file.name}); give a directory created by "
-                        "`llem run` (e.g. results/<study>_<timestamp>)")
-    try:
-        manifest = Manifest.load(path)
-    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
-        raise UserError(f"{manifest_file}: unreadable or damaged manifest ({type(e).__name__}: {e})") from None
+    manifest = open_study_manifest(Path(path))
     experiments = [e.model_dump() for e in manifest.experiments]
     ref, costs, sources = analysis_settings(manifest)
     if reference is not None:

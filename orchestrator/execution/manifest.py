@@ -18,15 +18,17 @@ study a reproduction re-runs) are left out of the file when unset.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_json_atomic
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.contract import SCHEMA_VERSION
+from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
@@ -245,3 +247,34 @@ class Manifest(_Record):
         run.reset()
         self.save()
         return len(run.attempts)
+
+
+STUDY_DIR_HINT = "give the study directory `llem run` printed as `results: ...` (e.g. results/<study>_<timestamp>)"
+
+
+def open_study_manifest(path: Path, option: str = "") -> Manifest:
+    """The manifest of the study directory `path`, or UserError saying why it is not one
+    (`option`: the command-line option that named it, e.g. --resume, for the message)."""
+    where = f"{option}: {path}" if option else str(path)
+    if not path.exists():
+        raise UserError(f"{where}: no such directory; {STUDY_DIR_HINT}")
+    if not path.is_dir():
+        raise UserError(f"{where}: is a file, not a study directory; {STUDY_DIR_HINT}")
+    manifest_file = StudyLayout(path).manifest
+    if not manifest_file.is_file():
+        raise UserError(f"{where}: not a study directory (no {manifest_file.name}); {STUDY_DIR_HINT}")
+    try:
+        raw = json.loads(manifest_file.read_bytes())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{manifest_file}: cannot be read: a damaged manifest ({type(e).__name__}: {e}); "
+                        "it is not one llem wrote") from None
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise UserError(f"{manifest_file}: schema_version {raw['schema_version']} is not this llem's "
+                        f"({SCHEMA_VERSION}); use the llem version that wrote it")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+        raise UserError(f"{manifest_file}: a damaged manifest, not one this llem wrote ({problems})") from None
+    manifest._study_dir = path
+    return manifest

@@ -17,50 +17,26 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 
 import psutil
-from pydantic import ValidationError
 
 from llenergymeasure.backends import contract
-from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.orchestrator.execution import failures
 from llenergymeasure.orchestrator.execution.outcome import load_result
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.layout import StudyLayout
-from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study_manifest
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
 
-NOT_A_STUDY_HINT = "give the directory `llem run` printed as `results: ...`"
 
 
 def open_study_dir(path: Path) -> Manifest:
     """The study's manifest, or UserError saying why DIR is not a resumable study."""
-    if not path.exists():
-        raise UserError(f"--resume: {path}: no such directory")
-    if not path.is_dir():
-        raise UserError(f"--resume: {path}: is a file, not a study directory; {NOT_A_STUDY_HINT}")
-    mpath = StudyLayout(path).manifest
-    if not mpath.exists():
-        raise UserError(f"--resume: {path}: not a study directory (no {mpath.name}); {NOT_A_STUDY_HINT}")
-    try:
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"--resume: {mpath}: cannot be read ({type(e).__name__}: {e}); "
-                        "it is not a manifest llem wrote") from None
-    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise UserError(f"--resume: {mpath}: schema_version {raw['schema_version']} is not this llem's "
-                        f"({SCHEMA_VERSION}); resume it with the llem version that started it")
-    try:
-        return Manifest.load(path)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
-        raise UserError(f"--resume: {mpath}: not a llem manifest ({problems})") from None
+    return open_study_manifest(path, "--resume")
 
 
 def study_file_of(manifest: Manifest) -> Path:

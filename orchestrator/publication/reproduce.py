@@ -18,6 +18,7 @@ from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.orchestrator.analysis.compare import compare, environment_differences
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.execution.manifest import open_study_manifest
 from llenergymeasure.orchestrator.analysis.results import StudyResults
 
 DEFAULT_TOLERANCE = 0.05
@@ -56,10 +57,7 @@ def write_reproduction(study_dir: Path, table: pd.DataFrame) -> Path:
 
 
 def locked_study_file(study_dir: Path) -> Path:
-    layout = StudyLayout(study_dir)
-    if not layout.manifest.exists():
-        raise UserError(f"{study_dir}: not a study directory (no {layout.manifest.name})")
-    lock = layout.study_lock
+    lock = open_study_manifest(study_dir).layout.study_lock
     if not lock.exists():
         raise UserError(f"{study_dir}: has no {lock.name}: only studies run with --publication "
                         "(execution.publication) are locked and can be reproduced")

@@ -32,7 +32,7 @@ class DockerProxy:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "docker_proxy.py"), str(self.path)],
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "support" / "docker_proxy.py"), str(self.path)],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 

@@ -62,7 +62,7 @@ def _refused(tree: Path, study: Path, *args: str, env: dict | None = None) -> st
 
 
 def test_dirty_tree_is_refused_naming_the_file(clean_tree: Path, tiny_model: Path):
-    changed = clean_tree / "orchestrator" / "stats.py"
+    changed = clean_tree / "orchestrator" / "analysis" / "stats.py"
     changed.write_text(changed.read_text(encoding="utf-8") + "# changed\n", encoding="utf-8")  # still valid code
     (clean_tree / "notes.txt").write_text("untracked\n")
     err = _refused(clean_tree, _study(clean_tree))

@@ -19,6 +19,7 @@ from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.devices import resolve_device
 from llenergymeasure.backends.harness.environment import tool_commit
 from llenergymeasure.backends.harness.gpu import cuda_uuids
+from llenergymeasure.backends.paths import import_root
 from llenergymeasure.orchestrator.build.engine_store import EngineBuildFailed
 from llenergymeasure.orchestrator.build.engines import build_engines, gpu_for, hold_engine, material_for
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome, log_tail, read_outcome
@@ -105,6 +106,8 @@ class LocalRunner(Runner):
         env[contract.ENV_RUN_ID] = job.run_dir.name
         env[contract.ENV_PARENT_PID] = str(os.getpid())  # the run stops itself if we die
         env["PYTHONUNBUFFERED"] = "1"
+        # the run imports the same llenergymeasure as this process (its checkout, or its install)
+        env["PYTHONPATH"] = os.pathsep.join([str(import_root()), *filter(None, [env.get("PYTHONPATH")])])
         env.update(job.extra_env)
         if self._commit:
             env.setdefault(contract.ENV_TOOL_COMMIT, self._commit)

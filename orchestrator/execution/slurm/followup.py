@@ -7,25 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution.layout import StudyLayout
-from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study_manifest
 from llenergymeasure.orchestrator.execution.slurm.follow import poll, slurm_record
 from llenergymeasure.orchestrator.execution.slurm.submit import follow_study, not_done, settings_of, submit
 from llenergymeasure.orchestrator.notify import Notify
 
 
 def open_slurm_study(study_dir: Path) -> Manifest:
-    manifest_file = StudyLayout(study_dir).manifest
-    if not manifest_file.exists():
-        raise UserError(f"{study_dir}: not a study directory (no {manifest_file.name}); "
-                        "give the directory `llem run` printed")
-    try:
-        manifest = Manifest.load(study_dir)
-    except (OSError, ValidationError) as e:
-        raise UserError(f"{manifest_file}: unreadable or damaged manifest ({type(e).__name__})") from None
+    manifest = open_study_manifest(study_dir)
     if manifest.runner != "slurm" or not slurm_record(manifest).submissions:
         raise UserError(f"{study_dir}: this study was not submitted to Slurm (runner: "
                         f"{manifest.runner}); status and collect follow Slurm studies")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llenergymeasure.backends import __version__
+from llenergymeasure.backends.paths import import_root
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.execution.slurm.settings import SlurmSettings
 
@@ -65,6 +66,9 @@ def render(s: SlurmSettings, study_dir: Path, study_name: str, run_ids: list[str
         '  echo "llem: $STUDY_DIR is not visible on $(hostname); put results on storage the nodes share (-o)" >&2',
         "  exit 3",
         "fi",
+        *([] if s.python else [  # this Python: the same llenergymeasure as the orchestrator that submitted it
+            "# the same llenergymeasure as the orchestrator that submitted this (its checkout, or its install)",
+            f"export PYTHONPATH={shlex.quote(str(import_root()))}${{PYTHONPATH:+:$PYTHONPATH}}"]),
         f"exec {shlex.quote(python)} -m llenergymeasure.orchestrator.execution.slurm.task \"$STUDY_DIR\" \"$RUN_ID\" --execute {s.execute}"
         + (f" --sif {shlex.quote(s.sif)}" if s.sif else ""),
         "",
