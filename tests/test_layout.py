@@ -128,3 +128,23 @@ def test_the_wheel_installs_one_package_under_one_name(tmp_path):
     assert all(line.startswith(str(site)) for line in r.stdout.split()), r.stdout
     r = subprocess.run([venv / "bin" / "llem", "--version"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0 and "llem" in r.stdout, r.stderr
+
+
+def test_every_backend_is_one_row_one_package_one_image_folder():
+    """The README's "Adding a backend": each row of the backend table has exactly its package
+    and its image folder, and every package and image folder has its row."""
+    from llenergymeasure.backends.section import BackendSection
+    from llenergymeasure.backends.table import BACKENDS, TABLE
+
+    packages = {p.parent.name for p in (REPO / "backends").glob("*/backend.py")}
+    images = {p.parent.name for p in (REPO / "images").glob("*/Dockerfile")}
+    assert packages == set(BACKENDS) and images == set(BACKENDS)
+    for row in TABLE:
+        assert issubclass(row.section, BackendSection)
+        for rel in ("__init__.py", "config.py", "backend.py"):
+            assert (REPO / "backends" / row.name / rel).is_file(), (row.name, rel)
+        assert (REPO / "images" / row.name / "requirements.lock").is_file()
+        dockerfile = (REPO / "images" / row.name / "Dockerfile").read_text()
+        assert "COPY backends/ /opt/llem/llenergymeasure/backends/" in dockerfile
+        assert 'ENTRYPOINT ["python3", "-m", "llenergymeasure.backends"]' in dockerfile
+        assert f'@register_backend("{row.name}")' in (REPO / "backends" / row.name / "backend.py").read_text()

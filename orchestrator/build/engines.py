@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.harness.energy import UnavailableMeter, measured, select_gpu_meter
 from llenergymeasure.backends.harness.gpu import discover_nvml
-from llenergymeasure.orchestrator.build import engine_store as trt_cache
+from llenergymeasure.orchestrator.build import engine_keys as keys
+from llenergymeasure.orchestrator.build import engine_store as store
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.build.images import base_for, spec_for
 
@@ -44,7 +44,7 @@ class EngineHost(Protocol):
 
 def gpu_for(host: EngineHost, config: ExperimentConfig) -> dict[str, Any]:
     uuids = host.gpu_uuids(config)
-    return trt_cache.gpu_identity(uuid=uuids[0]) if uuids else trt_cache.gpu_identity(index=0)
+    return keys.gpu_identity(uuid=uuids[0]) if uuids else keys.gpu_identity(index=0)
 
 
 def trtllm_version() -> str:
@@ -58,11 +58,11 @@ def revision_for(config: ExperimentConfig) -> str:
     """A pinned commit is the revision as given; otherwise what the cache holds."""
     if config.model_revision and _COMMIT.match(config.model_revision):
         return config.model_revision
-    return trt_cache.revision_of(config.model)
+    return keys.revision_of(config.model)
 
 
 def material_for(config: ExperimentConfig, gpu: dict[str, Any]) -> dict[str, Any]:
-    return trt_cache.key_material(config, revision_for(config), trtllm_version(), gpu)
+    return keys.key_material(config, revision_for(config), trtllm_version(), gpu)
 
 
 @dataclass
@@ -84,16 +84,16 @@ def plan_engines(experiments: list[Any], host: EngineHost) -> dict[int, EnginePl
         if exp.config.backend != "tensorrt":
             continue
         try:
-            key = trt_cache.engine_key(material_for(exp.config, gpu_for(host, exp.config)))
+            key = keys.engine_key(material_for(exp.config, gpu_for(host, exp.config)))
         except UserError as e:
             plans[exp.index] = EnginePlan(None, False, str(e))
             continue
-        entry_ok = (trt_cache.engine_dir(key) / trt_cache.METADATA).is_file()
+        entry_ok = (store.engine_dir(key) / store.METADATA).is_file()
         plans[exp.index] = EnginePlan(key, entry_ok)
     return plans
 
 
-def _builder(config: ExperimentConfig, host: EngineHost) -> trt_cache.Builder:
+def _builder(config: ExperimentConfig, host: EngineHost) -> store.Builder:
     """Build through the runner; time it, and measure its GPU energy where NVML can
     (reported as a one-off cost beside, never inside, the measured runs)."""
 
@@ -122,10 +122,10 @@ def build_engines(
         if exp.config.backend != "tensorrt":
             continue
         material = material_for(exp.config, gpu_for(host, exp.config))
-        key = trt_cache.engine_key(material)
-        if not (trt_cache.engine_dir(key) / trt_cache.METADATA).is_file():
+        key = keys.engine_key(material)
+        if not (store.engine_dir(key) / store.METADATA).is_file():
             notify(f"building TensorRT-LLM engine {key[:12]} for experiment {exp.index} (once; not measured)")
-        entry = trt_cache.ensure_engine(material, _builder(exp.config, host))
+        entry = store.ensure_engine(material, _builder(exp.config, host))
         if entry.build_seconds is not None:
             notify(f"engine {key[:12]}: ready (built in {entry.build_seconds:.0f} s)")
         materials[exp.id] = material
@@ -134,7 +134,7 @@ def build_engines(
 
 def hold_engine(
     material: dict[str, Any], config: ExperimentConfig, host: EngineHost
-) -> AbstractContextManager[trt_cache.EngineEntry]:
+) -> AbstractContextManager[store.EngineEntry]:
     """The engine for one measured run, locked against pruning while it runs
     (rebuilt first if something removed it since the study started)."""
-    return trt_cache.engine_in_use(material, _builder(config, host))
+    return store.engine_in_use(material, _builder(config, host))

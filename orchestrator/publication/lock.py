@@ -34,7 +34,7 @@ TOOL_ROOT = Path(__file__).resolve().parents[2]
 
 def model_pins(study: Study) -> dict[str, str]:
     """model -> the revision it resolved to: its pinned commit, or sha256:<content> of a local/built-in model."""
-    from llenergymeasure.orchestrator.build.engine_store import revision_of
+    from llenergymeasure.orchestrator.build.engine_keys import revision_of
 
     pins = {}
     for e in study.experiments:

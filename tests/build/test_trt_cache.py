@@ -19,6 +19,7 @@ import pytest
 
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.tensorrt.config import TensorRTConfig
+from llenergymeasure.orchestrator.build import engine_keys as keys
 from llenergymeasure.orchestrator.build import engine_store as tc
 from tests.support.helpers import REPO, llem
 
@@ -52,7 +53,7 @@ def cfg(**trt) -> ExperimentConfig:
 
 def material(config: ExperimentConfig | None = None, **over) -> dict:
     args = {"revision": COMMIT, "trtllm_version": "0.20.0", "gpu": GPU_H100, **over}
-    return tc.key_material(config or cfg(), **args)
+    return keys.key_material(config or cfg(), **args)
 
 
 @pytest.fixture
@@ -89,29 +90,29 @@ def test_every_build_setting_is_covered():
 
 @pytest.mark.parametrize("name", sorted(OTHER_BUILD_VALUES))
 def test_key_changes_with_each_build_setting(name):
-    base = tc.engine_key(material())
-    changed = tc.engine_key(material(cfg(**{name: OTHER_BUILD_VALUES[name]})))
+    base = keys.engine_key(material())
+    changed = keys.engine_key(material(cfg(**{name: OTHER_BUILD_VALUES[name]})))
     assert changed != base
 
 
 def test_key_changes_with_version_revision_and_gpu():
-    base = tc.engine_key(material())
+    base = keys.engine_key(material())
     variants = [
         material(trtllm_version="0.21.0"),
         material(revision="b" * 40),
         material(gpu={"name": GPU_H100["name"], "compute_capability": "8.0"}),
         material(gpu={"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}),
         material(gpu={"name": "NVIDIA H200", "compute_capability": "9.0"}),
-        tc.key_material(ExperimentConfig(model="org/other", backend="tensorrt"),
+        keys.key_material(ExperimentConfig(model="org/other", backend="tensorrt"),
                         COMMIT, "0.20.0", GPU_H100),
         material(extra={"tensorrt": "10.9"}),
     ]
-    keys = {tc.engine_key(m) for m in variants}
-    assert base not in keys and len(keys) == len(variants)
+    found = {keys.engine_key(m) for m in variants}
+    assert base not in found and len(found) == len(variants)
 
 
 def test_key_ignores_runtime_only_settings():
-    base = tc.engine_key(material())
+    base = keys.engine_key(material())
     runtime = [
         cfg(kv_cache_free_gpu_memory_fraction=0.5),
         cfg(kv_cache_enable_block_reuse=False),
@@ -121,9 +122,9 @@ def test_key_ignores_runtime_only_settings():
                          measurement={"warmup_batches": 3, "baseline_s": 2}),
     ]
     for c in runtime:
-        assert tc.engine_key(material(c)) == base, c
+        assert keys.engine_key(material(c)) == base, c
     # an explicit default section and an omitted one are the same engine
-    assert tc.engine_key(material(cfg(max_batch_size=8))) == base
+    assert keys.engine_key(material(cfg(max_batch_size=8))) == base
 
 
 def test_key_is_a_sha256_of_canonical_material():
@@ -132,14 +133,14 @@ def test_key_is_a_sha256_of_canonical_material():
     from llenergymeasure.backends.config import canonical_json
 
     m = material()
-    assert tc.engine_key(m) == hashlib.sha256(canonical_json(m).encode()).hexdigest()
+    assert keys.engine_key(m) == hashlib.sha256(canonical_json(m).encode()).hexdigest()
     assert m["build"] == cfg().tensorrt.build_settings()
     assert "kv_cache_free_gpu_memory_fraction" not in json.dumps(m)
 
 
 def test_key_material_refuses_other_backends():
     with pytest.raises(tc.UserError):
-        tc.key_material(ExperimentConfig(model="m"), COMMIT, "0.20.0", GPU_H100)
+        keys.key_material(ExperimentConfig(model="m"), COMMIT, "0.20.0", GPU_H100)
 
 
 # ----------------------------------------------------------------------------- revision, GPU
@@ -151,15 +152,15 @@ def test_revision_of_local_directory_is_a_content_hash(tmp_path, cache):
     (d / "config.json").write_text("{}")
     (d / "sub" / "weights.bin").write_bytes(b"\x00" * 100)
     (d / ".hidden").write_text("counted too")
-    r1 = tc.revision_of(str(d))
-    assert r1.startswith("sha256:") and tc.revision_of(str(d)) == r1
+    r1 = keys.revision_of(str(d))
+    assert r1.startswith("sha256:") and keys.revision_of(str(d)) == r1
     (d / "sub" / "weights.bin").write_bytes(b"\x01" + b"\x00" * 99)  # same size, new bytes
-    r2 = tc.revision_of(str(d))
+    r2 = keys.revision_of(str(d))
     assert r2 != r1
     (d / "sub" / "weights.bin").rename(d / "sub" / "weights2.bin")  # same bytes, new name
-    assert tc.revision_of(str(d)) not in (r1, r2)
+    assert keys.revision_of(str(d)) not in (r1, r2)
     (d / ".hidden").unlink()
-    assert tc.revision_of(str(d)) != r2
+    assert keys.revision_of(str(d)) != r2
 
 
 def test_revision_of_local_directory_refuses_a_broken_link(tmp_path, cache):
@@ -168,7 +169,7 @@ def test_revision_of_local_directory_refuses_a_broken_link(tmp_path, cache):
     (d / "config.json").write_text("{}")
     (d / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(tc.UserError, match="broken symbolic link"):
-        tc.revision_of(str(d))
+        keys.revision_of(str(d))
 
 
 def test_revision_of_hf_id_is_the_snapshot_commit(tmp_path, cache, monkeypatch):
@@ -181,14 +182,14 @@ def test_revision_of_hf_id_is_the_snapshot_commit(tmp_path, cache, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(hub))
-    assert tc.revision_of("org/model") == COMMIT
+    assert keys.revision_of("org/model") == COMMIT
     with pytest.raises(tc.UserError, match="hf download"):
-        tc.revision_of("org/absent")
+        keys.revision_of("org/absent")
 
 
 def test_revision_of_builtin_model_hashes_its_files(tiny_model, cache):
-    r = tc.revision_of("llem/tiny-llama")
-    assert r == "sha256:" + tc.directory_content_hash(tiny_model)
+    r = keys.revision_of("llem/tiny-llama")
+    assert r == "sha256:" + keys.directory_content_hash(tiny_model)
 
 
 def test_gpu_identity_without_gpu_and_with_nvml(monkeypatch):
@@ -202,7 +203,7 @@ def test_gpu_identity_without_gpu_and_with_nvml(monkeypatch):
 
     fake = types.SimpleNamespace(nvmlInit=no_driver, NVMLError=NVMLError)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    assert tc.gpu_identity() == {"name": "none", "compute_capability": None}
+    assert keys.gpu_identity() == {"name": "none", "compute_capability": None}
 
     handles = {0: "h0", 1: "h1"}
     fake = types.SimpleNamespace(
@@ -213,9 +214,9 @@ def test_gpu_identity_without_gpu_and_with_nvml(monkeypatch):
         nvmlDeviceGetCudaComputeCapability=lambda h: (9, 0) if h == "h0" else (8, 0),
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    assert tc.gpu_identity() == GPU_H100
-    assert tc.gpu_identity(1) == {"name": "NVIDIA A100", "compute_capability": "8.0"}
-    assert tc.gpu_identity(uuid="GPU-x") == {"name": "NVIDIA A100", "compute_capability": "8.0"}
+    assert keys.gpu_identity() == GPU_H100
+    assert keys.gpu_identity(1) == {"name": "NVIDIA A100", "compute_capability": "8.0"}
+    assert keys.gpu_identity(uuid="GPU-x") == {"name": "NVIDIA A100", "compute_capability": "8.0"}
 
 
 # ----------------------------------------------------------------------------- build, hit, damage
@@ -225,7 +226,7 @@ def test_build_once_then_hit(cache, tmp_path):
     counter = tmp_path / "builds"
     m = material()
     e1 = tc.ensure_engine(m, builder(counter))
-    assert e1.path == cache / tc.engine_key(m) and e1.problem is None
+    assert e1.path == cache / keys.engine_key(m) and e1.problem is None
     meta = json.loads((e1.path / tc.METADATA).read_text())
     assert meta["key"] == e1.key and meta["material"] == m
     assert {f["path"] for f in meta["files"]} == {"rank0.engine", "config.json", "tokenizer/tokenizer.json"}
@@ -293,7 +294,7 @@ def test_leftover_tmp_of_dead_process_is_cleaned(cache, tmp_path):
     other_key = "f" * 64
     m = material()
     cache.mkdir(parents=True)
-    stale = [cache / f".tmp-{tc.engine_key(m)}-{pid}", cache / f".tmp-{other_key}-{pid}",
+    stale = [cache / f".tmp-{keys.engine_key(m)}-{pid}", cache / f".tmp-{other_key}-{pid}",
              cache / f".trash-{other_key}-{pid}-123"]
     live = cache / f".tmp-{other_key}-{os.getppid()}"  # a live process building another key
     for d in [*stale, live]:
@@ -309,6 +310,7 @@ RACER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {repo!r})
     from pathlib import Path
+    from llenergymeasure.orchestrator.build import engine_keys as keys
     from llenergymeasure.orchestrator.build import engine_store as tc
     from tests.build.test_trt_cache import fake_engine_builder, material
     Path(sys.argv[2]).touch()
@@ -349,6 +351,7 @@ HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
+    from llenergymeasure.orchestrator.build import engine_keys as keys
     from llenergymeasure.orchestrator.build import engine_store as tc
     with tc.use_engine(sys.argv[1]):
         Path(sys.argv[2]).touch()
