@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.orchestrator.study.spec import Experiment
 from llenergymeasure.backends.harness.energy import UnavailableMeter, measured, select_gpu_meter
 from llenergymeasure.backends.harness.gpu import discover_nvml
 from llenergymeasure.orchestrator.build import engine_keys as keys
@@ -77,7 +78,7 @@ class EnginePlan:
         return f"{self.key[:12]} ({'cached' if self.cached else 'to build'})"
 
 
-def plan_engines(experiments: list[Any], host: EngineHost) -> dict[int, EnginePlan]:
+def plan_engines(experiments: list[Experiment], host: EngineHost) -> dict[int, EnginePlan]:
     """Engine key and cache state per TensorRT experiment (nothing is built)."""
     plans: dict[int, EnginePlan] = {}
     for exp in experiments:
@@ -113,7 +114,7 @@ def _builder(config: ExperimentConfig, host: EngineHost) -> store.Builder:
 
 
 def build_engines(
-    experiments: list[Any], host: EngineHost, notify: Notify
+    experiments: list[Experiment], host: EngineHost, notify: Notify
 ) -> dict[str, dict[str, Any]]:
     """Make sure every engine the study needs is in the cache; returns the key
     material per experiment id, for `hold_engine` at run time."""
