@@ -47,15 +47,15 @@ def environment_differences(a: StudyResults, b: StudyResults) -> list[tuple[str,
 
 def compare(a: StudyResults, b: StudyResults) -> tuple[pd.DataFrame, list[str]]:
     """One row per (shared configuration, metric); and notes on what could not be matched."""
-    ids_a = {e["id"]: e for e in a.manifest.experiments}
-    ids_b = {e["id"]: e for e in b.manifest.experiments}
+    ids_a = {e.id: e for e in a.manifest.experiments}
+    ids_b = {e.id: e for e in b.manifest.experiments}
     shared = [i for i in ids_a if i in ids_b]
     if not shared:
         raise UserError(f"{a.study_dir} and {b.study_dir} share no configuration (same settings, same config "
                         "hash); compare studies of the same experiments")
     notes = []
-    only_a = [ids_a[i]["label"] for i in ids_a if i not in ids_b]
-    only_b = [ids_b[i]["label"] for i in ids_b if i not in ids_a]
+    only_a = [ids_a[i].label for i in ids_a if i not in ids_b]
+    only_b = [ids_b[i].label for i in ids_b if i not in ids_a]
     if only_a:
         notes.append(f"only in A ({a.study_dir.name}): " + "; ".join(only_a))
     if only_b:
@@ -70,7 +70,7 @@ def compare(a: StudyResults, b: StudyResults) -> tuple[pd.DataFrame, list[str]]:
             diff = stats.difference(va, vb)
             rows.append({
                 "experiment_id": i,
-                "label": ids_a[i]["label"],
+                "label": ids_a[i].label,
                 "metric": m,
                 "a_n": da.n, "a_mean": da.mean, "a_ci95_low": da.ci_low, "a_ci95_high": da.ci_high,
                 "b_n": db.n, "b_mean": db.mean, "b_ci95_low": db.ci_low, "b_ci95_high": db.ci_high,

@@ -281,7 +281,7 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "study_file": study_file_text(results),
         "lock": _lock_section(results),
         "reproduction": _reproduction_section(results),
-        "study_file_name": m.get("study_file"),
+        "study_file_name": m.study_file,
     }
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

@@ -30,12 +30,16 @@ _RELEASE = re.compile(r"tensorrt-llm/release:([0-9][\w.]*)")
 
 
 
-class EngineHost(Protocol):
-    """What a runner provides so that engines can be keyed and built on its GPUs."""
+class GpuOwner(Protocol):
+    """What keys an engine to a GPU: the runner that will run the experiment."""
 
     def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
         """Host UUIDs of the GPUs this experiment's runs use."""
         ...
+
+
+class EngineHost(GpuOwner, Protocol):
+    """What a runner provides so that engines can also be built on its GPUs."""
 
     def build_engine(self, config: ExperimentConfig, out_dir: Path) -> None:
         """Run `python -m llenergymeasure.backends.tensorrt build` (in a container or a process) so
@@ -43,7 +47,7 @@ class EngineHost(Protocol):
         ...
 
 
-def gpu_for(host: EngineHost, config: ExperimentConfig) -> dict[str, Any]:
+def gpu_for(host: GpuOwner, config: ExperimentConfig) -> dict[str, Any]:
     uuids = host.gpu_uuids(config)
     return keys.gpu_identity(uuid=uuids[0]) if uuids else keys.gpu_identity(index=0)
 
@@ -78,7 +82,7 @@ class EnginePlan:
         return f"{self.key[:12]} ({'cached' if self.cached else 'to build'})"
 
 
-def plan_engines(experiments: list[Experiment], host: EngineHost) -> dict[int, EnginePlan]:
+def plan_engines(experiments: list[Experiment], host: GpuOwner) -> dict[int, EnginePlan]:
     """Engine key and cache state per TensorRT experiment (nothing is built)."""
     plans: dict[int, EnginePlan] = {}
     for exp in experiments:

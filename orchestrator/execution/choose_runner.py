@@ -7,7 +7,7 @@ can be built from a local base; otherwise the local runner; it says why). Then
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llenergymeasure.orchestrator.build.images import base_for, build_command, find_image, image_tag, spec_for
 from llenergymeasure.orchestrator.errors import UserError
@@ -15,6 +15,9 @@ from llenergymeasure.orchestrator.execution.parallel import parallel_runner
 from llenergymeasure.orchestrator.execution.runners.base import PlanRunner, Runner
 from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.study.spec import Study
+
+if TYPE_CHECKING:
+    from llenergymeasure.orchestrator.execution.runners.docker import DockerRunner
 
 AnyRunner = Runner | PlanRunner
 
@@ -25,7 +28,7 @@ def _local() -> AnyRunner:
     return LocalRunner()
 
 
-def _docker() -> AnyRunner:
+def _docker() -> DockerRunner:
     from llenergymeasure.orchestrator.execution.runners.docker import DockerRunner
 
     return DockerRunner()
@@ -64,7 +67,7 @@ def _auto(study: Study, notify: Notify) -> AnyRunner:
     except UserError:
         notify("runner: local (no Docker engine is reachable)")
         return _local()
-    missing = _missing_images(docker.client, {e.config.backend for e in study.experiments})  # type: ignore[attr-defined]
+    missing = _missing_images(docker.client, {e.config.backend for e in study.experiments})
     if missing:
         notify(f"runner: local (Docker engine reachable, but {'; '.join(missing)})")
         return _local()

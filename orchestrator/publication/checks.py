@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.preflight import Placement
-from llenergymeasure.orchestrator.execution.runners.base import Runner
+from llenergymeasure.orchestrator.execution.runners.base import RunnerBase
 from llenergymeasure.orchestrator.study.spec import Study
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -119,7 +119,7 @@ def _refuse(problems: list[str]) -> None:
         raise UserError("publication mode: refusing to start:\n  " + "\n  ".join(problems))
 
 
-def check_pins(study: Study, runner: Runner) -> None:
+def check_pins(study: Study, runner: RunnerBase) -> None:
     """Before anything is resolved or built: the tool's tree, models, cycles, image bases."""
     problems = tool_tree_problems() + model_problems(study)
     if study.execution.n_cycles < MIN_CYCLES:
@@ -136,6 +136,6 @@ def check_energy(study: Study, resolved: dict[int, Placement]) -> None:
         _refuse(energy_problems(study, resolved))
 
 
-def check_images(study: Study, runner: Runner) -> None:
+def check_images(study: Study, runner: RunnerBase) -> None:
     if runner.name == "docker":  # local runs record package versions and the requirements.lock hash instead
         _refuse(image_problems(study))

@@ -140,10 +140,10 @@ def test_library_and_cli_share_one_path(tmp_path, tiny_model):
     import llenergymeasure as llem_lib
 
     f = write(tmp_path / "one.yaml", TINY + "pytorch: {batch_size: 2}\n")
-    res = llem_lib.run(f, output=tmp_path / "lib")
+    res = llem_lib.run(f, llem_lib.RunOptions(output=tmp_path / "lib"))
     assert res.ok and res.study_dir.parent == tmp_path / "lib"
     assert (res.study_dir / "one.yaml").read_text() == f.read_text()  # the file as given
     assert list(res.runs["status"]) == ["done"] and res.runs["pytorch.batch_size"].tolist() == [2]
     assert res.summary.loc[0, "runs_done"] == 1
     with pytest.raises(llem_lib.UserError):
-        llem_lib.run(write(tmp_path / "bad.yaml", TINY + "pytorch: {batch: 2}\n"), output=tmp_path / "x")
+        llem_lib.run(write(tmp_path / "bad.yaml", TINY + "pytorch: {batch: 2}\n"), llem_lib.RunOptions(output=tmp_path / "x"))
