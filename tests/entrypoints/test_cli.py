@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 
+from tests.support import faultkit as fk
 from tests.support.helpers import REPO, llem, wait_for_second_run, write
 
 TINY = """
@@ -113,12 +114,14 @@ sweep: {pytorch.batch_size: [1, 2, 4]}
 execution: {n_cycles: 1, order: sequential}
 """)
     out = tmp_path / "results"
+    # run 2 blocks once its model is loaded (the harness's test hook): Ctrl-C surely lands mid-run
     proc = subprocess.Popen(
         [sys.executable, "-m", "llenergymeasure.orchestrator.cli", "run", str(study), "-o", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "LLEM_TEST_FAULT": "e02-c1:sleep=3600@load"},
     )
     manifest_path = wait_for_second_run(out)
-    time.sleep(2)
+    fk.wait_hooked(manifest_path.parent, "e02-c1", timeout=300)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr

@@ -121,7 +121,6 @@ def test_ctrl_c_stops_every_running_run_and_marks_them_interrupted(tmp_path, tin
     import signal
     import subprocess
     import sys
-    import time
 
     from tests.support import faultkit as fk
     from tests.support.helpers import REPO
@@ -132,10 +131,10 @@ def test_ctrl_c_stops_every_running_run_and_marks_them_interrupted(tmp_path, tin
     proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(f), str(tmp_path / "s")], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while len(fk.run_processes(tmp_path / "s")) < 2:  # two runs at once, both asleep in the hook
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.2)
+        for run_id in ("e01-c1", "e02-c1"):  # two runs at once, both asleep in the hook
+            fk.wait_for(f"{run_id} in its hook", lambda: proc.poll() is not None or _hooked(tmp_path / "s", run_id),
+                        timeout=300)
+            assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -150,6 +149,13 @@ def test_ctrl_c_stops_every_running_run_and_marks_them_interrupted(tmp_path, tin
     for r in manifest.runs:
         if r.state == "failed":
             assert r.failure_kind == "interrupted" and "Ctrl-C" in r.error
+
+
+def _hooked(study_dir, run_id) -> bool:
+    try:
+        return "TEST HOOK" in (study_dir / "runs" / run_id / "run.log").read_text()
+    except OSError:
+        return False
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ and resubmitting what is not done."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -112,13 +113,16 @@ name: slurm-states
 experiments:
   - {{pytorch: {{batch_size: 1}}}}
   - {{model: {broken}}}
-  - {{measurement: {{min_window_s: 600}}}}
-  - {{measurement: {{min_window_s: 300}}, pytorch: {{batch_size: 2}}}}
+  - {{pytorch: {{batch_size: 3}}}}
+  - {{pytorch: {{batch_size: 2}}}}
 execution: {{n_cycles: 1, order: sequential}}
 slurm: {{time_limit: "1", poll_interval_s: 0.5}}
 """)
     out = tmp_path / "out"
-    r = llem("run", str(study), "--runner", "slurm", "--detach", "-o", str(out))
+    # runs 3 and 4 block once loaded (the harness's test hook) until Slurm ends them: the
+    # time limit (1 minute) for run 3, scancel for run 4; how fast this machine is never matters
+    hold = {"LLEM_TEST_FAULT": "e03-c1:sleep=3600@load,e04-c1:sleep=3600@load"}
+    r = llem("run", str(study), "--runner", "slurm", "--detach", "-o", str(out), env=hold)
     assert r.returncode == 0, r.stdout + r.stderr
     (study_dir,) = out.iterdir()
     m = _manifest(study_dir)
@@ -146,7 +150,7 @@ slurm: {{time_limit: "1", poll_interval_s: 0.5}}
     assert table["slurm.state"].tolist() == ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"]
 
     # --resume --retry-failed: only the three that are not done go out again, as a second array
-    r = llem("run", "--resume", str(study_dir), "--retry-failed", "--detach")
+    r = llem("run", "--resume", str(study_dir), "--retry-failed", "--detach", env=hold)
     assert r.returncode == 0, r.stdout + r.stderr
     m = _manifest(study_dir)
     second = m["slurm"]["submissions"][1]
@@ -216,8 +220,10 @@ def test_ctrl_c_cancels_the_array(tmp_path, tiny_model, slurm_cluster):
 
     f = write(tmp_path / "s.yaml", TWO_BY_TWO)
     out = tmp_path / "out"
+    # every run blocks once loaded (the harness's test hook), so the array is surely open at Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "llenergymeasure.orchestrator.cli", "run", str(f), "--runner", "slurm", "-o", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LLEM_TEST_FAULT": "*:sleep=3600@load"})
     deadline = time.time() + 120
     manifest = None
     while time.time() < deadline:
@@ -233,8 +239,10 @@ def test_ctrl_c_cancels_the_array(tmp_path, tiny_model, slurm_cluster):
     m = json.loads(manifest.read_text())
     job = m["slurm"]["submissions"][0]["job_id"]
     assert all(r["state"] == "failed" and "scancelled" in r["error"] for r in m["runs"] if r["state"] != "done")
-    time.sleep(3)
-    q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+    deadline = time.time() + 60  # scancel is asynchronous: wait until Slurm says the array is gone
+    while (q := subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)).stdout.strip() \
+            and time.time() < deadline:
+        time.sleep(0.5)
     assert q.stdout.strip() == "", q.stdout  # nothing of the array is left queued or running
 
 
