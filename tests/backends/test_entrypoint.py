@@ -87,3 +87,27 @@ def test_runtime_failure_exits_1_with_error_json(tmp_path):
     assert err["status"] == "failed" and err["error_type"] == "DatasetError"
     assert err["experiment_id"] == cfg.config_hash()
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_a_run_ends_without_interpreter_teardown_unless_it_left_children(tmp_path):
+    """exit_now: once every file is fsynced the process ends at once (the teardown of torch and
+    transformers costs about a second a run and measures nothing), but not while child processes
+    (an engine's workers) are left: those need the normal exit that shuts them down."""
+    code = """
+import atexit, subprocess, sys
+from pathlib import Path
+from llenergymeasure.backends.harness.entrypoint import exit_now
+atexit.register(lambda: Path(sys.argv[1]).write_text("teardown ran"))
+print("printed before the end", flush=False)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) if sys.argv[2] == "child" else None
+try:
+    exit_now(7)
+finally:
+    if child is not None:
+        child.kill()
+"""
+    for mode, teardown in (("alone", False), ("child", True)):
+        marker = tmp_path / f"teardown-{mode}"
+        r = subprocess.run([sys.executable, "-c", code, str(marker), mode], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 7 and "printed before the end" in r.stdout, r.stderr
+        assert marker.exists() == teardown, mode
