@@ -1,0 +1,88 @@
+"""Per-run overhead of the local runner, and a study's wall time against the time its
+measurements need.
+
+Runs a small study (the tiny model, batch sizes 1 and 4, N cycles) through the real
+`llem run --runner local` and reads back, for every run, what the measurement needed
+(`result.json`: baseline, model load, warm-up, stabilisation, the window) and how long the
+run took as the orchestrator saw it (the manifest's started_at and finished_at). The rest
+is overhead: a new interpreter, imports, writing results, the process ending.
+
+    python benchmarks/run_overhead.py [--cycles 3] [--keep DIR]
+
+Prints the median per-run overhead with its 95% bootstrap interval, and the study's wall
+time over the sum of necessary time (issue targets: <= 0.5 s and <= 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from stats import bootstrap_ci  # benchmarks/stats.py (scripts run from their folder)
+
+REPO = Path(__file__).resolve().parent.parent
+STUDY = """\
+name: run-overhead
+model: llem/tiny-llama
+device: cpu
+n_prompts: 8
+max_input_tokens: 32
+max_output_tokens: 32
+measurement: {{warmup_batches: 2, min_window_s: 0}}
+sweep: {{pytorch.batch_size: [1, 4]}}
+execution: {{n_cycles: {cycles}, order: interleaved}}
+"""
+
+
+def _seconds(a: str, b: str) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def necessary_s(result: dict) -> float:
+    """What the measurement itself needs: baseline, model load, warm-up, stabilisation, window."""
+    phases, m = result["phases"], result["metrics"]
+    return phases["baseline_s"] + m["model_load_s"] + phases["warmup_s"] + phases["stabilisation_s"] + m["duration_s"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cycles", type=int, default=3)
+    ap.add_argument("--keep", type=Path, default=None, help="Keep the study directory under this folder.")
+    args = ap.parse_args()
+    out = args.keep or Path(tempfile.mkdtemp(prefix="llem-overhead-"))
+    study = out / "run-overhead.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    study.write_text(STUDY.format(cycles=args.cycles))
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "llenergymeasure.orchestrator.cli", "run", str(study), "--runner",
+                        "local", "-o", str(out / "results")], capture_output=True, text=True, cwd=REPO)
+    study_wall = time.monotonic() - t0
+    if p.returncode != 0:
+        print(p.stdout[-2000:], p.stderr[-2000:])
+        return 1
+    (study_dir,) = (out / "results").iterdir()
+    manifest = json.loads((study_dir / "manifest.json").read_text())
+    overheads, needed = [], []
+    for run in manifest["runs"]:
+        result = json.loads((study_dir / run["run_dir"] / "result.json").read_text())
+        wall = _seconds(run["started_at"], run["finished_at"])
+        needed.append(necessary_s(result))
+        overheads.append(wall - needed[-1])
+        print(f"{run['run_id']}: run {wall:5.2f} s, needed {needed[-1]:5.2f} s, overhead {overheads[-1]:5.2f} s")
+    lo, hi = bootstrap_ci(overheads)
+    print(f"per-run overhead (local runner): median {statistics.median(overheads):.2f} s "
+          f"(95% CI {lo:.2f}-{hi:.2f}) over {len(overheads)} runs; target <= 0.5 s")
+    print(f"study wall {study_wall:.1f} s / necessary {sum(needed):.1f} s = {study_wall / sum(needed):.2f}; "
+          "target <= 1.3 (the study's own start-up, planning, tables and report included)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
