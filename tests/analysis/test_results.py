@@ -96,7 +96,9 @@ def test_compare_the_same_configurations_across_two_studies(cpu_study: Path, tmp
     assert "environment.torch" in text and "9.9.9" in text
     unrelated = tmp_path / "unrelated"
     unrelated.mkdir()
-    (unrelated / "manifest.json").write_text(json.dumps({"experiments": [], "runs": []}))
+    (unrelated / "manifest.json").write_text(json.dumps({  # a study of no configuration at all
+        "study_name": "unrelated", "study_file": "u.yaml", "created_at": "2026-01-01T00:00:00.000+00:00",
+        "runner": "local", "execution": {}, "experiments": [], "runs": []}))
     r = llem("compare", str(cpu_study), str(unrelated))
     assert r.returncode == 2 and "share no configuration" in r.stderr
 
