@@ -12,43 +12,46 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
+from llenergymeasure.backends.limits import MAX_COUNT, MAX_SECONDS, MAX_SEED, STRICT
+from llenergymeasure.backends.prompts import BUILTIN_DATASETS
 from llenergymeasure.backends.section import BackendSection
 from llenergymeasure.backends.table import BACKENDS, TABLE, backend_row
 
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_SHA256_RE = r"^[0-9a-f]{64}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT  # strict types, finite floats, unknown keys refused (limits.py)
 
 
 class MeasurementConfig(_Strict):
     """How the measured window is prepared (same protocol for every backend)."""
 
-    warmup_batches: int = Field(1, ge=0, description="Full-length batches run before the window.")
+    warmup_batches: int = Field(1, ge=0, le=MAX_COUNT, description="Full-length batches run before the window.")
     energy_source: Literal["auto", "nvml", "zeus"] = Field(
         "auto", description="GPU energy: auto = NVML counter, else NVML power polling."
     )
     sample_interval_s: float = Field(0.1, gt=0, le=0.1, description="Background sampler period.")
     min_window_s: float = Field(
-        5.0, ge=0, description="Repeat passes over the dataset until the window is this long."
+        5.0, ge=0, le=MAX_SECONDS, description="Repeat passes over the dataset until the window is this long."
     )
-    max_passes: int = Field(1000, ge=1, description="Upper bound on passes for min_window_s.")
+    max_passes: int = Field(1000, ge=1, le=MAX_COUNT, description="Upper bound on passes for min_window_s.")
     # Thermal stabilisation: after warm-up, wait until GPU temperature and power
     # stay within tolerance over a trailing window (GPU runs; skipped on the CPU).
-    stabilisation_max_s: float = Field(60.0, ge=0, description="0 disables the wait.")
-    stabilisation_min_s: float = Field(0.0, ge=0)
-    stabilisation_window_s: float = Field(5.0, gt=0)
-    stabilisation_tolerance_c: float = Field(1.0, gt=0)
-    stabilisation_tolerance_w: float = Field(10.0, gt=0)
+    stabilisation_max_s: float = Field(60.0, ge=0, le=MAX_SECONDS, description="0 disables the wait.")
+    stabilisation_min_s: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    stabilisation_window_s: float = Field(5.0, gt=0, le=MAX_SECONDS)
+    stabilisation_tolerance_c: float = Field(1.0, gt=0, le=100)
+    stabilisation_tolerance_w: float = Field(10.0, gt=0, le=10_000)
     baseline_s: float = Field(
-        0.0, ge=0, description="Idle power measured before loading the model (0 = skip)."
+        0.0, ge=0, le=MAX_SECONDS, description="Idle power measured before loading the model (0 = skip)."
     )
     baseline_reuse_s: float = Field(
-        0.0, ge=0, description="Reuse an idle baseline measured this long ago in the same study."
+        0.0, ge=0, le=MAX_SECONDS, description="Reuse an idle baseline measured this long ago in the same study."
     )
     steady_state: bool = Field(
         True, description="Also report a steady-state window (continuous-batching backends)."
@@ -64,9 +67,9 @@ class MeasurementConfig(_Strict):
 class SamplingConfig(_Strict):
     """Decoding, the same for every backend. temperature 0 = greedy."""
 
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 = no top-k filtering.")
+    top_k: int = Field(0, ge=0, le=MAX_COUNT, description="0 = no top-k filtering.")
 
 
 class _Experiment(_Strict):
@@ -79,13 +82,16 @@ class _Experiment(_Strict):
     )
     backend: Literal[BACKENDS] = "pytorch"  # type: ignore[valid-type]
     dataset: str = Field("synthetic", description="synthetic, aienergyscore or a JSONL path.")
-    n_prompts: int = Field(64, ge=1)
-    max_input_tokens: int = Field(128, ge=1, description="Prompts are truncated to this length.")
-    max_output_tokens: int = Field(128, ge=1)
+    # Filled when a study is loaded (orchestrator/study/paths.py): a dataset file's content
+    # is part of the configuration, so two different files at one path never share a hash.
+    dataset_sha256: str | None = Field(None, pattern=_SHA256_RE, description="SHA-256 of a dataset file.")
+    n_prompts: int = Field(64, ge=1, le=MAX_COUNT)
+    max_input_tokens: int = Field(128, ge=1, le=MAX_COUNT, description="Prompts are truncated to this length.")
+    max_output_tokens: int = Field(128, ge=1, le=MAX_COUNT)
     ignore_eos: bool = Field(
         True, description="Generate exactly max_output_tokens (comparable runs) unless false."
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="numpy and torch take 0 to 2**32 - 1.")
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -93,11 +99,13 @@ class _Experiment(_Strict):
         None, description="PEFT LoRA adapter directory, applied on top of model (vLLM only)."
     )
 
-    @field_validator("model", "dataset")
+    @field_validator("model", "dataset", "model_revision", "lora_adapter")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("must not be empty")
+        if v is not None and "\x00" in v:
+            raise ValueError("must not contain a NUL character")
         return v
 
     @field_validator("device")
@@ -115,6 +123,8 @@ class _Experiment(_Strict):
                     f"section '{name}:' is set but backend is '{self.backend}'; "
                     f"remove the section or set backend: {name}"
                 )
+        if self.dataset_sha256 is not None and self.dataset in BUILTIN_DATASETS:
+            raise ValueError(f"dataset_sha256: is only for a dataset file, not the built-in '{self.dataset}'; remove it")
         lora_unsupported = backend_row(self.backend).lora_unsupported
         if self.lora_adapter is not None and lora_unsupported:
             raise ValueError(lora_unsupported)

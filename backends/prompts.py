@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.backends.hashing import sha256_file
 from llenergymeasure.backends.paths import data_dir, repo_data_dir
 
 BUILTIN_DATASETS = ("synthetic", "aienergyscore")
@@ -59,6 +60,16 @@ def dataset_path(dataset: str) -> Path | None:
     return path.resolve()
 
 
+def _bad_json(path: Path, lineno: int, e: json.JSONDecodeError) -> str:
+    """json's whole message at the file's line and column: its `msg` alone is cut short
+    ("Invalid control character at") and its own line number counts within one line."""
+    where = f"line {lineno} column {e.colno}"
+    hint = "; a tab or line break inside a string must be written \\t or \\n" \
+        if e.msg.startswith("Invalid control character") else ""
+    return (f"dataset: {path}:{lineno}: not valid JSON: {e.msg}"
+            f"{' ' if e.msg.endswith(' at') else ' at '}{where}{hint}")
+
+
 def read_jsonl_prompts(path: Path) -> list[str]:
     """Every `prompt` in a JSONL file, with the line number of any bad line."""
     prompts: list[str] = []
@@ -77,7 +88,7 @@ def read_jsonl_prompts(path: Path) -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(f"dataset: {path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise DatasetError(_bad_json(path, lineno, e)) from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"dataset: {path}:{lineno}: expected a JSON object")
             if obj and all(k.startswith("_") for k in obj):
@@ -101,10 +112,16 @@ def synthetic_prompts(n: int, n_words: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(n_words)) for _ in range(n)]
 
 
-def load_prompts(dataset: str, n_prompts: int, max_input_tokens: int, seed: int) -> list[str]:
+def load_prompts(dataset: str, n_prompts: int, max_input_tokens: int, seed: int,
+                 sha256: str | None = None) -> list[str]:
+    """The run's prompts. `sha256`: the dataset file's hash when the study was loaded (part
+    of the config's identity), so a file edited since is refused, not measured under it."""
     path = dataset_path(dataset)
     if path is None:
         return synthetic_prompts(n_prompts, max_input_tokens + 8, seed)
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise DatasetError(f"dataset: {path} changed after the study was loaded (its SHA-256 is no longer "
+                           f"{sha256[:12]}...); start a new study to measure the new file")
     prompts = read_jsonl_prompts(path)
     if len(prompts) < n_prompts:
         raise DatasetError(

@@ -1,17 +1,19 @@
 """What every backend's settings section (`pytorch:`, `vllm:`, `tensorrt:`) is.
 
-A section is a strict pydantic model (unknown keys are refused) that also declares
+A section is a strict pydantic model (unknown keys and wrong types are refused) that also declares
 the two things the rest of llem needs to know about it without looking inside:
 how many GPUs one run spans, and which settings a given device cannot run.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from llenergymeasure.backends.limits import STRICT
 
 
 class BackendSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT  # unknown keys, wrong types and unbounded numbers are refused (limits.py)
 
     @property
     def gpus_per_run(self) -> int:

@@ -130,7 +130,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
 
         sampler.phase = "prepare"
         beat("prepare")
-        prompts = load_prompts(config.dataset, config.n_prompts, config.max_input_tokens, config.seed)
+        prompts = load_prompts(config.dataset, config.n_prompts, config.max_input_tokens, config.seed,
+                               config.dataset_sha256)
         prepared = backend.prepare(prompts)
 
         sampler.phase = "warmup"

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from llenergymeasure.backends.limits import MAX_COUNT
 from llenergymeasure.backends.section import BackendSection
 
 LORA_UNSUPPORTED = (
@@ -23,7 +24,7 @@ def _installed(module: str) -> bool:
 class PyTorchConfig(BackendSection):
     """transformers `generate` with static batches."""
 
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=MAX_COUNT)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     torch_compile: bool = False

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from llenergymeasure.backends.limits import MAX_COUNT, MAX_GPUS, MAX_TOKENS
 from llenergymeasure.backends.section import BackendSection
 
 LORA_UNSUPPORTED = (
@@ -22,12 +23,12 @@ class TensorRTConfig(BackendSection):
 
     # build settings
     dtype: Literal["auto", "float16", "bfloat16"] = "auto"
-    max_batch_size: int = Field(8, ge=1)
-    max_num_tokens: int | None = Field(None, ge=1)
-    max_input_len: int | None = Field(None, ge=1)
-    max_seq_len: int | None = Field(None, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
+    max_batch_size: int = Field(8, ge=1, le=MAX_COUNT)
+    max_num_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_input_len: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_seq_len: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    tensor_parallel_size: int = Field(1, ge=1, le=MAX_GPUS)
+    pipeline_parallel_size: int = Field(1, ge=1, le=MAX_GPUS)
     quantization: Literal["none", "fp8", "int8_weight_only", "int8_smoothquant",
                           "w4a16_awq", "w4a16_gptq"] = "none"
     kv_cache_quantization: Literal["none", "fp8", "int8"] = "none"

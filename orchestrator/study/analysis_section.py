@@ -11,16 +11,17 @@ column, without an intensity no CO2 column.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from llenergymeasure.backends.limits import MAX_COUNT, STRICT
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.messages import format_errors
 
 
 class Costs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT  # strict types, finite numbers (backends/limits.py)
 
     currency: str = Field("USD", min_length=1, max_length=8, description="Label for the prices below.")
     electricity_price_per_kwh: float | None = Field(None, ge=0)
@@ -34,12 +35,23 @@ class Costs(BaseModel):
 
 
 class Analysis(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     # 1-based experiment index, an experiment's label, or a mapping of swept values
     # ({pytorch.batch_size: 1}); default: the first experiment.
-    reference: int | str | dict[str, Any] | None = None
+    reference: Annotated[int, Field(ge=1, le=MAX_COUNT)] | str | dict[str, Any] | None = None
     costs: Costs = Costs()
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _reference_kind(cls, v: Any) -> Any:
+        """One message instead of one per union member (and `true` is not experiment 1)."""
+        if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= MAX_COUNT:
+            raise ValueError(f"an experiment index must be an integer from 1 to {MAX_COUNT}")
+        if v is None or isinstance(v, (int, str, dict)) and not isinstance(v, bool):
+            return v
+        raise ValueError("must be an experiment index (1, 2, ...), an experiment's label, "
+                         "or a mapping of swept settings ({pytorch.batch_size: 1})")
 
 
 def parse_analysis(raw: Any, source: Path) -> Analysis:

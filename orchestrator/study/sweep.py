@@ -19,6 +19,7 @@ from typing import Any
 
 from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.study.messages import show
 from llenergymeasure.orchestrator.study.size import MAX_SWEEP_POINTS
 
 SECTIONS = (*BACKENDS, "measurement")
@@ -70,8 +71,8 @@ def parse_axes(sweep: Any) -> list[Axis]:
     for key, values in _flatten(sweep).items():
         if not isinstance(values, list):
             raise UserError(
-                f"sweep.{key}: must be a list of values (got {values!r}); write "
-                f"`{key}: [{values!r}]`, or set it outside sweep: as a fixed field"
+                f"sweep.{key}: must be a list of values (got {show(values)}); write "
+                f"`{key}: [{show(values)}]`, or set it outside sweep: as a fixed field"
             )
         if not values:
             raise UserError(f"sweep.{key}: is an empty list; give at least one value or remove it")
@@ -120,17 +121,43 @@ def set_dotted(target: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _ordered(axes: list[Axis]) -> list[Axis]:
+    """Axes that set `backend` first, so that backend-scoped axes apply only to their points."""
+    return sorted(axes, key=lambda a: 0 if any("backend" in alt for alt in a.alternatives) else 1)
+
+
+def count_points(base: dict[str, Any], axes: list[Axis]) -> int:
+    """How many points `expand` makes, without making them. Only a point's backend decides
+    which axes apply to it, so points are counted per backend: a product of any size is
+    counted in a few steps, and refused before a single point exists."""
+    start = base.get("backend", DEFAULT_BACKEND)
+    counts: dict[str, tuple[Any, int]] = {repr(start): (start, 1)}
+    for axis in _ordered(axes):
+        grown: dict[str, tuple[Any, int]] = {}
+        for backend, n in counts.values():
+            alts = [a for a in axis.alternatives if _applies(a, str(backend))] or [{}]  # {}: not this backend's
+            for alt in alts:
+                b = alt.get("backend", backend)
+                grown[repr(b)] = (b, grown.get(repr(b), (b, 0))[1] + n)
+        counts = grown
+    return sum(n for _, n in counts.values())
+
+
+def check_sweep_size(base: dict[str, Any], axes: list[Axis]) -> int:
+    """The number of sweep points; UserError above MAX_SWEEP_POINTS."""
+    n = count_points(base, axes)
+    if n > MAX_SWEEP_POINTS:
+        sizes = " x ".join(f"{a.key}: {len(a.alternatives)}" for a in axes[:8]) + (" x ..." if len(axes) > 8 else "")
+        raise UserError(f"sweep: expands to {n:,} experiments ({sizes}); the limit is "
+                        f"{MAX_SWEEP_POINTS:,}. Narrow the sweep or split it into several studies")
+    return n
+
+
 def expand(base: dict[str, Any], axes: list[Axis]) -> list[Point]:
     """Cross the axes. Axes that set `backend` go first, so that backend-scoped
     axes can be applied only to the points they belong to."""
-    bound = 1
-    for axis in axes:  # an upper bound (scoped axes may apply to fewer points): checked first
-        bound *= len(axis.alternatives)
-    if bound > MAX_SWEEP_POINTS:
-        sizes = " x ".join(f"{a.key}: {len(a.alternatives)}" for a in axes)
-        raise UserError(f"sweep: expands to up to {bound:,} experiments ({sizes}); the limit is "
-                        f"{MAX_SWEEP_POINTS:,}. Narrow the sweep or split it into several studies")
-    ordered = sorted(axes, key=lambda a: 0 if any("backend" in alt for alt in a.alternatives) else 1)
+    check_sweep_size(base, axes)
+    ordered = _ordered(axes)
     points = [Point(fields={}, swept={})]
     used = {a.key: False for a in axes}
     for axis in ordered:

@@ -9,18 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from llenergymeasure.backends.limits import STRICT
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.analysis_section import Costs
 from llenergymeasure.orchestrator.study.messages import format_errors
 
 
 class UserConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     costs: Costs = Costs()
-    slurm: dict[str, Any] | None = None  # validated with the study's (orchestrator/execution/slurm/settings.py)
+    slurm: dict[str, Any] | None = None  # merged under the study's, then validated (orchestrator/execution/slurm/settings.py)
 
 
 def user_config_path() -> Path:

@@ -115,7 +115,7 @@ def test_cycles_override(tmp_path):
 
 @pytest.mark.parametrize("body, expected", [
     ("sweep:\n  pytorch.batch_size: [1, 0, 2]\n",
-     "pytorch.batch_size: Input should be greater than or equal to 1 (got 0) (from pytorch.batch_size=0)"),
+     "pytorch.batch_size: must be an integer from 1 to 1000000 (got 0) (from pytorch.batch_size=0)"),
     ("sweep:\n  pytorch.dtype: [float32, float8]\n", "(from pytorch.dtype=float8)"),
     ("sweep:\n  pytorch.batchsize: [1, 2]\n",
      "pytorch.batchsize: unknown key (did you mean 'batch_size'?)"),
@@ -127,7 +127,7 @@ def test_cycles_override(tmp_path):
     ("sweep:\n  pytorch.batch_size: [1, 1]\n", "lists a value twice"),
     ("sweep:\n  vllm.max_num_seqs: [8]\n", "sweep.vllm.max_num_seqs: applies to a backend that no experiment uses"),
     ("sweep: {}\n", "sweep: must be a mapping"),
-    ("seed: many\nsweep:\n  pytorch.batch_size: [1, 2]\n", "seed: Input should be a valid integer"),
+    ("seed: many\nsweep:\n  pytorch.batch_size: [1, 2]\n", "seed: must be an integer, not a string (got 'many')"),
     ("n_prompts: 8\n", "key 'n_prompts' appears twice (first at line 3)"),  # BASE sets it too
     ("sweep: {" + ", ".join(f"x{i}: [1, 2]" for i in range(17)) + "}\n", "the limit is 100,000"),  # 2^17 points
     ("batch_size: 3\n", "batch_size: unknown key"),
