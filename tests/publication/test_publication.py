@@ -138,9 +138,11 @@ def test_publication_study_locks_round_trips_and_reproduces(clean_tree: Path, ti
     r = llem("run", str(tampered), "--runner", "local", "-o", str(clean_tree / "other"), cwd=clean_tree)
     assert r.returncode == 2 and "run order differs" in r.stderr and not (clean_tree / "other").exists()
 
-    # reproduce on the same machine: a generous tolerance, since this shared CPU is noisy
+    # reproduce on the same machine. Whether two runs of a tiny model agree on a shared CPU is a
+    # measurement, not a test (a loaded machine made them differ by 95%): a tolerance of 100x the
+    # original mean makes every comparable row consistent, and the verdict logic is tested on its own
     r = llem("reproduce", str(study_dir), "-o", str(clean_tree / "repro"), "--runner", "local",
-             "--tolerance", "0.5", cwd=clean_tree)
+             "--tolerance", "100", cwd=clean_tree)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (repro_dir,) = (clean_tree / "repro").iterdir()
     table = pd.read_parquet(repro_dir / "reproduction.parquet")
@@ -150,3 +152,20 @@ def test_publication_study_locks_round_trips_and_reproduces(clean_tree: Path, ti
     html = (repro_dir / "report.html").read_text()
     assert 'id="reproduction-table"' in html and 'id="lock"' in html and "consistent" in html
     assert "comparisons consistent" in r.stdout
+
+
+def test_reproduction_verdicts():
+    """consistent: the change's CI includes zero, or the change is within the tolerance of the
+    original mean; different otherwise, with its size; not comparable without numbers."""
+    from llenergymeasure.orchestrator.publication.reproduce import verdicts
+
+    table = pd.DataFrame([
+        {"change": 1.0, "a_mean": 100.0, "ci_excludes_zero": True, "change_pct": 1.0},    # within 5%
+        {"change": 30.0, "a_mean": 100.0, "ci_excludes_zero": False, "change_pct": 30.0},  # CI spans zero
+        {"change": 30.0, "a_mean": 100.0, "ci_excludes_zero": True, "change_pct": 30.0},   # a real change
+        {"change": 30.0, "a_mean": 100.0, "ci_excludes_zero": None, "change_pct": 30.0},   # no interval
+        {"change": float("nan"), "a_mean": 100.0, "ci_excludes_zero": None, "change_pct": None},
+    ])
+    assert verdicts(table, 0.05)["verdict"].tolist() == [
+        "consistent", "consistent", "different (+30.0%)", "not comparable", "not comparable"]
+    assert verdicts(table, 0.5)["verdict"].tolist()[2] == "consistent"
