@@ -14,7 +14,8 @@ free. `RunOptions(resume=DIR)` continues a study through the same path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +25,16 @@ from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
 from llenergymeasure.orchestrator.analysis.finish import Finished, finish_study, save_runs_table
 from llenergymeasure.orchestrator.build.engines import gpu_for, plan_engines, trtllm_version
 from llenergymeasure.orchestrator.build.images import image_status
-from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.errors import Failure, UserError
 from llenergymeasure.orchestrator.execution import resume as resuming
 from llenergymeasure.orchestrator.execution.choose_runner import choose_runner
-from llenergymeasure.orchestrator.execution.locks import lock_study_dir
+from llenergymeasure.orchestrator.execution.locks import lock_dir, lock_study_dir
 from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest
 from llenergymeasure.orchestrator.execution.recording import LoopResult, resume_hint
-from llenergymeasure.orchestrator.execution.session import PreparedStudy, Session, SessionSettings
+from llenergymeasure.orchestrator.execution.session import (
+    PreparedStudy, Session, SessionSettings, check_output_root,
+)
+from llenergymeasure.orchestrator.execution.signals import Interrupted, describe, exit_code
 from llenergymeasure.orchestrator.execution.slurm import followup
 from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.publication import checks as publication
@@ -76,11 +80,13 @@ class StudyRun:
     failed: list[str] = field(default_factory=list)  # run ids that failed in this session
     stopped: str | None = None  # why the study stopped before the end of its plan (resumable)
     unfinished: list[str] = field(default_factory=list)  # run ids not done when run() returned
+    unwritten: list[str] = field(default_factory=list)  # study files (runs.parquet, ...) that could not be written
 
     @property
     def ok(self) -> bool:
-        """Every run of the study is done."""
-        return self.study_dir is not None and not self.unfinished
+        """Every run of the study is done and its tables and report are written: a study
+        whose files a full disk kept out is not a success, though nothing is lost."""
+        return self.study_dir is not None and not self.unfinished and not self.unwritten
 
 
 def run(study_file: str | Path | None = None, options: RunOptions = RunOptions()) -> StudyRun:
@@ -92,20 +98,37 @@ def run(study_file: str | Path | None = None, options: RunOptions = RunOptions()
     if options.resume is None:
         if path is None:
             raise UserError("run: give a study FILE, or --resume DIR to continue a study")
-        return _run(path, options, None)
+        with _interrupt_says("nothing was run and no study directory was created"):
+            return _run(path, options, None)
     manifest = resuming.open_study_dir(Path(options.resume))
     # First, before any work: a study another llem is working on is refused at once.
     study_lock = None if options.dry_run else lock_study_dir(manifest.study_dir)
     try:
-        return _run(path, options, manifest)
+        with _interrupt_says(f"no run was started; continue with `llem run --resume {manifest.study_dir}`"):
+            return _run(path, options, manifest)
     finally:
         if study_lock is not None:
             study_lock.release()
 
 
+@contextmanager
+def _interrupt_says(what: str) -> Iterator[None]:
+    """Ctrl-C / SIGTERM before the session opened the study: the CLI says `what` happened
+    (not that finished runs are kept, when there are none). An interrupt that already
+    says what happened (the session's) passes unchanged."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted) and e.outcome:
+            raise
+        raise Interrupted(describe(e), exit_code(e), outcome=what) from None
+
+
 def _run(study_file: Path | None, options: RunOptions, resumed: Manifest | None) -> StudyRun:
     term = Terminal()
     study = _load(study_file, options, resumed)
+    if resumed is None and not options.dry_run:
+        check_output_root(Path(options.output))  # a bad -o: exit 2 before anything is created
     prepared = _prepare(study, options, resumed, term.notify)
     term.print_plan(prepared)
     if options.dry_run:
@@ -115,16 +138,28 @@ def _run(study_file: Path | None, options: RunOptions, resumed: Manifest | None)
         ex = study.execution
         confirm_run_count(len(prepared.plan), len(study.experiments), ex.n_cycles, options.yes, options.confirm)
     session = Session(prepared, _session_settings(study, options, resumed, prepared), term.notify)
+    try:
+        loop = _execute(session, term)
+        assert session.manifest is not None
+        if loop is None:  # detached: `llem status` / `llem collect` follow up
+            return StudyRun(study=study, plan=prepared.plan, study_dir=session.manifest.study_dir)
+        return _finish(StudyRun(study=study, plan=prepared.plan), session.manifest, loop, term)
+    except KeyboardInterrupt as e:
+        if not session.opened or session.manifest is None:
+            raise
+        raise Interrupted(describe(e), exit_code(e), outcome=f"finished runs are kept in "
+                          f"{session.manifest.study_dir}; the manifest records where it stopped") from None
+
+
+def _execute(session: Session, term: Terminal) -> LoopResult | None:
+    """execute: the session's runs; runs.parquet as it stands when it ends early."""
     loop: LoopResult | None = None
     try:
         loop = session.run(term.progress())
     finally:
-        if loop is None and session.opened and not session.discarded:
+        if loop is None and session.opened and not session.discarded and not session.lost:
             save_runs_table(session.manifest, term.notify)  # type: ignore[arg-type]  # stopped, interrupted or detached: the table so far
-    assert session.manifest is not None
-    if loop is None:  # detached: `llem status` / `llem collect` follow up
-        return StudyRun(study=study, plan=prepared.plan, study_dir=session.manifest.study_dir)
-    return _finish(StudyRun(study=study, plan=prepared.plan), session.manifest, loop, term)
+    return loop
 
 
 def _load(study_file: Path | None, options: RunOptions, resumed: Manifest | None) -> Study:
@@ -151,9 +186,15 @@ def _prepare(study: Study, options: RunOptions, resumed: Manifest | None, notify
     run order; a publication study's pins are checked at each step they depend on."""
     pub = None if options.dry_run else study.execution.publication
     runner = choose_runner(resumed.runner if resumed else (options.runner or "auto"), study, notify)
+    if options.detach and not runner.can_detach:
+        raise UserError(f"--detach: the {runner.name} runner runs the study in this process, so there is "
+                        "nothing to detach from; only a runner that hands the whole plan to a scheduler "
+                        "(--runner slurm) returns once it is submitted. Drop --detach, or use --runner slurm")
     if pub is not None:
         publication.check_pins(study, runner)
     placements = check_study(study, runner, notify=notify, strict=not options.dry_run)
+    if not options.dry_run and runner.lock_keys(study, placements):
+        lock_dir()  # a bad $LLEM_LOCK_DIR: exit 2 now, before images and engines are built
     if pub is not None:
         publication.check_energy(study, placements)
     prepared = PreparedStudy(study, [], runner, placements)
@@ -212,7 +253,7 @@ def _finish(result: StudyRun, manifest: Manifest, loop: LoopResult, term: Termin
     """finish: the study's tables, summary and report, and what to do next."""
     finished = _finish_and_print(manifest, term)
     result.study_dir, result.failed, result.stopped = manifest.study_dir, loop.failed, loop.stopped
-    result.unfinished = manifest.unfinished()
+    result.unfinished, result.unwritten = manifest.unfinished(), finished.unwritten
     result.runs, result.summary = finished.results.runs, finished.results.summary
     if loop.stopped:
         term.notify(f"{loop.stopped}. Fix the cause, then continue: {resume_hint(manifest)}"
@@ -232,6 +273,8 @@ def _finish_and_print(manifest: Manifest, term: Terminal) -> Finished:
     term.notify(f"{c['done']} of {len(manifest.runs)} runs done, {c['failed']} failed"
                 + (f", {c['skipped']} skipped" if c["skipped"] else "")
                 + (f", {c['pending']} pending" if c["pending"] else "") + f": {manifest.study_dir}")
+    if finished.unwritten:
+        term.notify(f"error: {finished.redo_hint()}")
     return finished
 
 
@@ -243,8 +286,14 @@ def collect(study_dir: Path) -> Manifest:
     term = Terminal()
     manifest = followup.open_slurm_study(Path(study_dir))
     followup.follow_to_end(manifest, term.notify)
-    _finish_and_print(manifest, term)
+    _finished_or_fail(_finish_and_print(manifest, term))
     return manifest
+
+
+def _finished_or_fail(finished: Finished) -> None:
+    """`llem collect` / `llem resubmit`: files that could not be written are a failure (exit 1)."""
+    if finished.unwritten:
+        raise Failure(f"the study's {', '.join(finished.unwritten)} could not be written (see above)")
 
 
 def resubmit(study_dir: Path, detach: bool = False) -> Manifest:
@@ -253,5 +302,5 @@ def resubmit(study_dir: Path, detach: bool = False) -> Manifest:
     manifest, submitted = followup.resubmit(Path(study_dir), term.notify)
     if submitted and not detach:
         followup.follow_to_end(manifest, term.notify)
-        _finish_and_print(manifest, term)
+        _finished_or_fail(_finish_and_print(manifest, term))
     return manifest

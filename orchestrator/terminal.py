@@ -47,25 +47,33 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | No
 
 
 class Progress:
-    """One line per run; on a terminal the running line updates with elapsed time."""
+    """One line per run; on a terminal the running line updates with elapsed time.
+
+    `[n/total]` counts this session's runs (a resumed study runs only what is left), so
+    it never passes its total; where that differs from the plan, the run's place in the
+    plan follows (`plan 3/4`)."""
 
     def __init__(self, out: Console) -> None:
         self.out = out
         self.total = 0
+        self.planned = 0
+        self.started = 0
         self.done = 0
         self.t0 = time.monotonic()
         self.live = out.is_terminal
         self._line = ""
 
-    def begin(self, total: int) -> None:
-        self.total = total
+    def begin(self, total: int, planned: int) -> None:
+        self.total, self.planned = total, planned
 
     def _elapsed(self) -> str:
         s = int(time.monotonic() - self.t0)
         return f"{s // 60:d}:{s % 60:02d}"
 
     def start(self, run: PlannedRun, label: str) -> None:
-        self._line = f"[{run.position}/{self.total}] {run.run_id} {label}"
+        self.started += 1
+        where = f" (plan {run.position}/{self.planned})" if self.total != self.planned else ""
+        self._line = f"[{self.started}/{self.total}] {run.run_id}{where} {label}"
         if self.live:
             sys.stdout.write(f"\r{self._line} ... (study {self._elapsed()})")
             sys.stdout.flush()

@@ -3,13 +3,15 @@ and `report.html`, recomputed from the run directories. `llem run` calls it afte
 its last run, `llem collect` after following a Slurm array to its end.
 
 These files are views of results already safe on disk (the run directories and the
-manifest), so none of them failing loses anything: it is said, with the command that
-writes it again, and the study's outcome stands.
+manifest), so none of them failing loses anything: each failure is said, with the
+command that writes the file again, and `Finished.unwritten` names the files that are
+missing, so that the caller can end unsuccessfully (`llem run` exits 1) instead of
+reporting a study whose tables and report do not exist.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llenergymeasure.orchestrator.analysis.results import StudyResults, open_study
@@ -23,21 +25,34 @@ from llenergymeasure.orchestrator.notify import Notify
 class Finished:
     results: StudyResults
     report: Path | None  # None when it could not be written (said through notify)
+    unwritten: list[str] = field(default_factory=list)  # files of the study that could not be written
+
+    def redo_hint(self) -> str:
+        """What writes the unwritten files again, once the cause (e.g. a full disk) is fixed."""
+        d = self.results.study_dir
+        return (f"could not write {', '.join(self.unwritten)} in {d}; the runs' results are intact. "
+                f"Once fixed: `llem run --resume {d}` writes them all again (finished runs are not re-run), "
+                f"`llem report {d}` writes the report, `llem results {d}` shows the summary")
 
 
-def save_runs_table(manifest: Manifest, notify: Notify) -> None:
-    """runs.parquet as the manifest stands (also after an interrupted or stopped session)."""
+def save_runs_table(manifest: Manifest, notify: Notify) -> bool:
+    """runs.parquet as the manifest stands (also after an interrupted or stopped session);
+    False when it could not be written (said through notify)."""
     try:
         write_runs_table(manifest)
+        return True
     except OSError as e:  # disk full: the manifest is the record; runs.parquet is rebuilt on resume
         notify(f"runs.parquet not updated ({e.strerror or e}); it is rebuilt when the study resumes")
+        return False
 
 
-def _save_summary(results: StudyResults, notify: Notify) -> None:
+def _save_summary(results: StudyResults, notify: Notify) -> bool:
     try:
         write_summary(results.summary, results.study_dir)
+        return True
     except OSError as e:  # disk full: the run directories are the record; `llem results` recomputes it
         notify(f"summary.parquet not written ({e.strerror or e}); `llem results {results.study_dir}` recomputes it")
+        return False
 
 
 def _save_report(results: StudyResults, notify: Notify) -> Path | None:
@@ -52,7 +67,13 @@ def _save_report(results: StudyResults, notify: Notify) -> Path | None:
 
 
 def finish_study(manifest: Manifest, notify: Notify) -> Finished:
-    save_runs_table(manifest, notify)
+    """runs.parquet, summary.parquet and report.html; what could not be written is in `unwritten`."""
+    layout = manifest.layout
+    unwritten = [] if save_runs_table(manifest, notify) else [layout.runs_table.name]
     results = open_study(manifest.study_dir)
-    _save_summary(results, notify)
-    return Finished(results, _save_report(results, notify))
+    if not _save_summary(results, notify):
+        unwritten.append(layout.summary.name)
+    report = _save_report(results, notify)
+    if report is None:
+        unwritten.append(layout.report.name)
+    return Finished(results, report, unwritten)

@@ -103,7 +103,8 @@ def _power_section(results: StudyResults, run_ids: list[str] | None = None) -> d
             power.append((label, series))
         elif kind == "cpu":
             cpu.append((label, series))
-    out: dict[str, Any] = {"runs": [f"{r['run_id']} ({r['label']})" for _, r in chosen.iterrows()]}
+    out: dict[str, Any] = {"runs": [f"{r['run_id']} ({r['label']})" for _, r in chosen.iterrows()],
+                           "chart": None, "kind": None}  # no chart: no finished run recorded a series
     if power:
         out["chart"] = charts.timeseries_chart(power, "value", "GPU power (W)", "Power during the measured window")
         out["kind"] = "power"
@@ -226,10 +227,25 @@ def _reproduction_section(results: StudyResults) -> dict[str, Any] | None:
             "tolerance": float(table["tolerance"].iloc[0]) if len(table) else None}
 
 
+def _findings(results: StudyResults, keys: list[str], no_energy: str | None) -> dict[str, Any]:
+    """The headline sentences, or, when no run finished, why there are none: a study whose
+    runs all failed still gets its report, and that report says so first."""
+    runs = results.runs
+    n_done = int((runs["status"] == "done").sum()) if len(runs) else 0
+    if n_done:
+        return {"headlines": headlines(results.summary, runs, keys, no_energy) if keys else [], "no_results": None}
+    counts = ", ".join(f"{n} {state}" for state, n in runs["status"].value_counts().items())
+    return {"headlines": [], "no_results": f"No run of this study finished ({counts}), so there are no "
+                                           "figures: nothing was measured to summarise, chart or compare"}
+
+
 def render_report(results: StudyResults, power_runs: list[str] | None = None) -> str:
     runs, summary, m = results.runs, results.summary, results.manifest
     keys = swept_keys([e.model_dump() for e in m.experiments])
     keys = [k for k in keys if k in summary]
+    findings = _findings(results, keys, energy_reason(runs))
+    if findings["no_results"]:
+        keys = []  # no chart of settings nothing was measured for
     no_energy = energy_reason(runs)
     has_energy = f"{ENERGY}_mean" in summary and bool(summary[f"{ENERGY}_mean"].notna().any())
     pareto = []
@@ -260,7 +276,7 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "order": m.execution.get("order"),
         "concurrency": concurrency_note(results.manifest),
         "reference": ref.iloc[0]["label"] if len(ref) else None,
-        "headlines": headlines(summary, runs, keys, no_energy) if keys else [],
+        **findings,
         "energy_reason": no_energy,
         "has_energy": has_energy,
         "summary_rows": _summary_rows(summary),

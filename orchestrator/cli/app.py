@@ -14,7 +14,7 @@ import click
 
 from llenergymeasure.backends import __version__
 from llenergymeasure.orchestrator.errors import Failure, UserError
-from llenergymeasure.orchestrator.execution.signals import describe, exit_code
+from llenergymeasure.orchestrator.execution.signals import Interrupted, describe, exit_code
 
 
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -28,8 +28,8 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as e:
-            click.echo(f"\ninterrupted ({describe(e)}): finished runs are kept; the manifest records "
-                       "where it stopped", err=True)
+            said = e.outcome if isinstance(e, Interrupted) else None  # what it left behind, where known
+            click.echo(f"\ninterrupted ({describe(e)})" + (f": {said}" if said else ""), err=True)
             sys.exit(exit_code(e))
         except Failure as e:
             click.echo(f"error: {e}", err=True)

@@ -10,6 +10,7 @@ import click
 
 from llenergymeasure.orchestrator.cli.app import guard, main
 from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.study.size import MAX_CYCLES
 
 
 @main.command("run")
@@ -20,7 +21,7 @@ from llenergymeasure.orchestrator.errors import UserError
 @click.option("--dry-run", is_flag=True, help="Print the plan and run nothing.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root; the study directory is created under it.")
-@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Override execution.n_cycles.")
+@click.option("--cycles", type=click.IntRange(min=1, max=MAX_CYCLES), default=None, help="Override execution.n_cycles.")
 @click.option("--resume", "resume", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Continue the study in DIR: runs not done yet (FILE, if given, must expand to the same plan).")
 @click.option("--retry-failed", is_flag=True, help="With --resume: also run failed runs again.")

@@ -35,12 +35,33 @@ WAIT_NOTE_EVERY_S = 60.0
 CPU = "cpu"
 
 
+def _where(d: Path) -> str:
+    return f"{ENV_LOCK_DIR}={d}" if os.environ.get(ENV_LOCK_DIR) else f"the device lock directory {d}"
+
+
+def _bad_lock_dir(d: Path, why: str) -> UserError:
+    return UserError(f"{_where(d)}: {why}; point {ENV_LOCK_DIR} at a directory every llem user on this "
+                     f"machine can write (default {DEFAULT_LOCK_DIR})")
+
+
 def lock_dir() -> Path:
+    """The device lock directory, created if missing; UserError (exit 2) naming it when
+    it is not a directory llem can create lock files in, before any lock is taken."""
     d = Path(os.environ.get(ENV_LOCK_DIR) or DEFAULT_LOCK_DIR)
     if not d.exists():
-        d.mkdir(parents=True, exist_ok=True)
-        if d == DEFAULT_LOCK_DIR:
-            os.chmod(d, 0o1777)  # shared by every user, like /tmp itself
+        above = next((p for p in d.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise _bad_lock_dir(d, f"{above} is a file, not a directory")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if d == DEFAULT_LOCK_DIR:
+                os.chmod(d, 0o1777)  # shared by every user, like /tmp itself
+        except OSError as e:
+            raise _bad_lock_dir(d, f"cannot be created ({e.strerror or type(e).__name__})") from None
+    if not d.is_dir():
+        raise _bad_lock_dir(d, "is a file, not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise _bad_lock_dir(d, "is not writable for this user")
     return d
 
 
@@ -127,7 +148,7 @@ class DeviceLocks:
         t0 = time.monotonic()
         for device, lock in zip(self.devices, self.locks):
             noted: float | None = None
-            while not lock.try_acquire():
+            while not self._try(lock):
                 holder = _holder(lock.path)
                 if not wait or (timeout_s is not None and time.monotonic() - t0 > timeout_s):
                     self.release()
@@ -140,6 +161,16 @@ class DeviceLocks:
                     notify(f"waiting for device {device}: in use by {holder}")
                     noted = time.monotonic()
                 time.sleep(WAIT_POLL_S)
+
+    def _try(self, lock: FileLock) -> bool:
+        """One attempt at one lock; a lock file that cannot be opened is the lock directory's
+        fault (e.g. a read-only file system): UserError naming it, with nothing held."""
+        try:
+            return lock.try_acquire()
+        except OSError as e:
+            self.release()
+            raise _bad_lock_dir(lock.path.parent, f"cannot open the lock file {lock.path.name} "
+                                f"({e.strerror or type(e).__name__})") from None
 
     def release(self) -> None:
         for lock in self.locks:

@@ -18,7 +18,7 @@ from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.errors import Failure
 from llenergymeasure.orchestrator.execution import failures
 from llenergymeasure.orchestrator.execution.baselines import BaselineCache
-from llenergymeasure.orchestrator.execution.manifest import Manifest
+from llenergymeasure.orchestrator.execution.manifest import Manifest, StudyLost
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.execution.recording import (
     LoopResult, Policy, finish_loop, record_failure, record_lost, record_outcome, resume_hint, stop_reason,
@@ -34,7 +34,7 @@ from llenergymeasure.orchestrator.study.spec import Study
 class Progress(Protocol):
     """Where the loop reports runs as they go (the terminal, in the CLI)."""
 
-    def begin(self, total: int) -> None: ...
+    def begin(self, total: int, planned: int) -> None: ...
 
     def start(self, run: PlannedRun, label: str) -> None: ...
 
@@ -58,6 +58,7 @@ class _Loop:
 
     def one(self, planned: PlannedRun) -> RunOutcome:
         exp = self.study.experiments[planned.experiment_index - 1]
+        self.manifest.check_intact()  # never start a run into a study someone removed
         fresh_run_dir(self.manifest, planned.run_id)
         self.current = planned
         self.manifest.update(planned.run_id, "running", started_at=utc_now())
@@ -72,6 +73,7 @@ class _Loop:
             raise Failure(f"{e} during run {planned.run_id}; the study stopped there. Finished runs "
                           f"are kept. When it is back: {resume_hint(self.manifest)}") from None
         self.baselines.remember(outcome)
+        self.manifest.check_intact()  # removed during the run: recording would recreate it
         record_outcome(self.manifest, planned.run_id, outcome)
         self.current = None
         self.progress.end(outcome, time.monotonic() - t0)
@@ -91,8 +93,8 @@ class _Loop:
                 gone = RunOutcome("failed", None, error=f"interrupted ({why})", kind=failures.INTERRUPTED)
                 record_failure(self.manifest, self.current.run_id, gone)
             self.manifest.set_status("interrupted", f"interrupted ({why})")
-        except OSError:
-            pass  # can't record it (disk full?): resume finds the run `running` and knows
+        except (OSError, StudyLost):
+            pass  # can't record it (disk full? removed?): resume finds the run `running` and knows
 
     def cannot_write(self, e: OSError) -> Failure:
         """Writing the study's own files failed (typically ENOSPC). The manifest on disk

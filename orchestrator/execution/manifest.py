@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_json_atomic
 from llenergymeasure.backends.clock import utc_now
-from llenergymeasure.backends.contract import SCHEMA_VERSION
-from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.backends.contract import RESULT_FILE, SCHEMA_VERSION
+from llenergymeasure.orchestrator.errors import Failure, UserError
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
@@ -40,6 +40,13 @@ StudyStatus = Literal["running", "finished", "paused", "stopped", "interrupted",
 
 def _unset(value: Any) -> bool:
     return value is None
+
+
+class StudyLost(Failure):
+    """The study directory, its manifest or a finished run's result.json disappeared
+    while llem worked on the study. The study stops (exit 1) instead of writing on:
+    every write would recreate the directory, and a recreated study would claim
+    results it no longer has."""
 
 
 class _Record(BaseModel):
@@ -157,6 +164,7 @@ class Manifest(_Record):
     slurm: SlurmRecord | None = Field(None, exclude_if=_unset)
 
     _study_dir: Path = PrivateAttr()
+    _on_disk: bool = PrivateAttr(default=False)  # saved or loaded: from then on its file must stay there
 
     # -- creating, reading, writing
     @classmethod
@@ -182,11 +190,38 @@ class Manifest(_Record):
     def load(cls, study_dir: Path) -> Manifest:
         """Raises OSError (unreadable) or pydantic.ValidationError (not a manifest of this llem)."""
         manifest = cls.model_validate_json(StudyLayout(study_dir).manifest.read_bytes())
-        manifest._study_dir = study_dir
+        manifest._study_dir, manifest._on_disk = study_dir, True
         return manifest
 
     def save(self) -> None:
+        """Atomically; StudyLost when the study directory or this file was removed since
+        (writing would silently recreate the directory)."""
+        if self._on_disk:
+            self.check_intact(results=False)
         write_json_atomic(self.layout.manifest, self.model_dump(mode="json"))
+        self._on_disk = True
+
+    def lost(self, results: bool = True) -> str | None:
+        """What of the study is gone from disk: the directory, the manifest, or (with
+        `results`) the result.json of runs the manifest says are done; None when nothing."""
+        done = [r.run_id for r in self.runs if r.state == "done"]
+        if not self._study_dir.is_dir():
+            return (f"the study directory {self._study_dir} was removed"
+                    + (f" (with the results of finished run(s) {', '.join(done)})" if done else ""))
+        if not self.layout.manifest.is_file():
+            return f"{self.layout.manifest} was removed"
+        gone = [r for r in done if not (self.run_dir(r) / RESULT_FILE).is_file()] if results else []
+        if gone:
+            return f"the {RESULT_FILE} of finished run(s) {', '.join(gone)} was removed from {self._study_dir}"
+        return None
+
+    def check_intact(self, results: bool = True) -> None:
+        """Raise StudyLost, saying what is gone, unless the study is still all there."""
+        what = self.lost(results)
+        if what is not None:
+            raise StudyLost(f"{what} while llem worked on the study. The study stopped; llem does not "
+                            "recreate a removed study directory. Restore it (e.g. from a backup) and "
+                            f"continue with `llem run --resume {self._study_dir}`, or run the study again")
 
     @property
     def study_dir(self) -> Path:
@@ -256,10 +291,13 @@ def open_study_manifest(path: Path, option: str = "") -> Manifest:
     """The manifest of the study directory `path`, or UserError saying why it is not one
     (`option`: the command-line option that named it, e.g. --resume, for the message)."""
     where = f"{option}: {path}" if option else str(path)
+    file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if file == path:
+        raise UserError(f"{where}: is a file, not a study directory; {STUDY_DIR_HINT}")
+    if file is not None:
+        raise UserError(f"{where}: {file} is a file, so this is not a study directory; {STUDY_DIR_HINT}")
     if not path.exists():
         raise UserError(f"{where}: no such directory; {STUDY_DIR_HINT}")
-    if not path.is_dir():
-        raise UserError(f"{where}: is a file, not a study directory; {STUDY_DIR_HINT}")
     manifest_file = StudyLayout(path).manifest
     if not manifest_file.is_file():
         raise UserError(f"{where}: not a study directory (no {manifest_file.name}); {STUDY_DIR_HINT}")
@@ -276,5 +314,5 @@ def open_study_manifest(path: Path, option: str = "") -> Manifest:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
         raise UserError(f"{manifest_file}: a damaged manifest, not one this llem wrote ({problems})") from None
-    manifest._study_dir = path
+    manifest._study_dir, manifest._on_disk = path, True
     return manifest

@@ -26,7 +26,7 @@ from llenergymeasure.orchestrator.errors import Failure, UserError
 from llenergymeasure.orchestrator.execution import failures
 from llenergymeasure.orchestrator.execution.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
 from llenergymeasure.orchestrator.execution.locks import device_keys
-from llenergymeasure.orchestrator.execution.manifest import Manifest, StudyStatus
+from llenergymeasure.orchestrator.execution.manifest import Manifest, StudyLost, StudyStatus
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.execution.recording import (
     LoopResult, Policy, finish_loop, record_lost, record_outcome, resume_hint, stop_reason, stop_study,
@@ -100,6 +100,7 @@ class _Schedule:
         self.consecutive = 0
         self.stop: tuple[StudyStatus, str] | None = None
         self.lost: RunnerLost | None = None
+        self.gone: StudyLost | None = None  # the study directory (or a finished result) was removed
         self.cancel = threading.Event()  # Ctrl-C/SIGTERM reached the main thread: stop every running run
         self.threads: list[threading.Thread] = []
         self.started: set[str] = set()
@@ -109,6 +110,8 @@ class _Schedule:
             self._start_all()
             for t in self.threads:
                 t.join()
+        except StudyLost as e:  # found before a start: stop the running runs, record nothing more
+            self._study_gone(e)
         except KeyboardInterrupt as e:
             why = f"interrupted ({describe(e)})"
             with self.runner.lock:
@@ -118,6 +121,10 @@ class _Schedule:
                 t.join()
             self.manifest.set_status("interrupted", why)
             raise
+        if self.gone is not None:
+            for t in self.threads:
+                t.join()
+            raise self.gone
         if self.lost is not None:
             raise Failure(f"{self.lost}; the study stopped there. Finished runs are kept. When it is back: "
                           f"{resume_hint(self.manifest)}")
@@ -132,9 +139,10 @@ class _Schedule:
             exp = self.runner.study.experiments[planned.experiment_index - 1]
             slot, gpus = self.slots.acquire(self.runner.need(exp.config))  # blocks until free
             with self.runner.lock:
-                if self.stop or self.lost:
+                if self.stop or self.lost or self.gone:
                     self.slots.release(slot)
                     return
+                self.manifest.check_intact()  # never start a run into a study someone removed
                 fresh_run_dir(self.manifest, planned.run_id)
                 self.manifest.update(planned.run_id, "running", started_at=utc_now(), gpu_uuids=list(gpus))
             self.started.add(planned.run_id)
@@ -174,7 +182,21 @@ class _Schedule:
         finally:
             self.slots.release(slot)
 
+    def _study_gone(self, e: StudyLost) -> None:
+        """The study was removed: every running run is stopped, and nothing more recorded."""
+        with self.runner.lock:
+            self.gone = self.gone or e
+            self.stop = self.stop or ("stopped", str(e))
+        self.cancel.set()
+
     def _record(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        if self.gone is not None:
+            return
+        try:
+            self.manifest.check_intact()  # removed during the run: recording would recreate it
+        except StudyLost as e:
+            self._study_gone(e)
+            return
         with self.runner.lock:
             record_outcome(self.manifest, planned.run_id, outcome)
             if outcome.state == "done":

@@ -83,6 +83,7 @@ def stop_reason(policy: Policy, outcome: RunOutcome, run_id: str,
 
 def stop_study(manifest: Manifest, rest: list[str], stop: tuple[StudyStatus, str], result: LoopResult) -> None:
     """The study stops on purpose: runs not reached are skipped, saying why."""
+    manifest.check_intact()  # the end of this session: say if finished results went missing
     reason = f"not run: the study {stop[0]} ({stop[1]})"
     for run_id in rest:
         run = manifest.run(run_id)
@@ -92,5 +93,7 @@ def stop_study(manifest: Manifest, rest: list[str], stop: tuple[StudyStatus, str
 
 
 def finish_loop(manifest: Manifest, result: LoopResult) -> LoopResult:
+    """The plan's end: the study is finished, unless its directory or results went missing."""
+    manifest.check_intact()
     manifest.set_status("finished", f"{len(result.failed)} run(s) failed" if result.failed else None)
     return result

@@ -14,6 +14,7 @@ caller's: this package never reaches up into analysis.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
@@ -22,11 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from llenergymeasure.orchestrator.errors import NothingStarted
+from llenergymeasure.orchestrator.errors import Failure, NothingStarted, UserError
 from llenergymeasure.orchestrator.execution import resume as resuming
 from llenergymeasure.orchestrator.execution.locks import DeviceLocks, FileLock, lock_study_dir
 from llenergymeasure.orchestrator.execution.loop import Progress, run_plan
-from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest
+from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest, StudyLost
 from llenergymeasure.orchestrator.execution.recording import LoopResult, Policy, resume_hint
 from llenergymeasure.orchestrator.execution.runners.base import PlanRunner, Runner
 from llenergymeasure.orchestrator.execution.signals import sigterm_interrupts
@@ -68,17 +69,45 @@ class SessionSettings:
     on_created: Callable[[Path], None] | None = None  # called when a new study directory exists, before any run
 
 
+def check_output_root(root: Path) -> None:
+    """`-o ROOT` must be (or become) a directory llem can create study directories in.
+    Checked before anything exists, so that a bad -o is one message (exit 2), not a
+    traceback once the devices are taken and the images built."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == root else f"is under {existing}, which is a file"
+        raise UserError(f"-o {root}: {where}, not a directory; give the directory to create study "
+                        "directories in (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"-o {root}: cannot create a study directory there ({existing} is not writable "
+                        "for this user); give a directory you can write to")
+
+
+def _cannot_create(root: Path, e: OSError) -> Exception:
+    """Creating the study directory failed: a full disk is a failure (exit 1), anything
+    else (not a directory, no permission, a read-only file system) the -o given (exit 2)."""
+    why = e.strerror or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return Failure(f"cannot create the study directory under {root} ({why}); nothing was run")
+    return UserError(f"-o {root}: cannot create a study directory there ({why}: {e.filename or root}); "
+                     "give a directory you can write to")
+
+
 def new_study_dir(root: Path, name: str) -> Path:
+    """A new, empty study directory under `root`, named by the study and the UTC time."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        candidate = root / (f"{name}_{stamp}" + (f"-{n}" if n > 1 else ""))
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot create a study directory under {root}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            candidate = root / (f"{name}_{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise _cannot_create(root, e) from None
+    raise Failure(f"cannot create a study directory under {root}: 999 studies named {name} this second")
 
 
 class Session:
@@ -87,6 +116,7 @@ class Session:
         self.manifest: Manifest | None = settings.resumed
         self.opened = False  # the study directory is this session's (created, or reconciled on resume)
         self.discarded = False  # a new study directory removed again because nothing started
+        self.lost = False  # the study directory (or its results) disappeared: write nothing more there
         self._study_lock: FileLock | None = None
 
     def run(self, progress: Progress) -> LoopResult | None:
@@ -101,6 +131,9 @@ class Session:
                 self.opened = True
                 self._begin(devices.devices)
                 return self._dispatch(todo, progress)
+            except StudyLost:
+                self.lost = True
+                raise
             finally:
                 if self._study_lock is not None:
                     self._study_lock.release()
@@ -112,8 +145,21 @@ class Session:
         """The manifest this session works on, and the runs it will run."""
         if self.settings.resumed is not None:
             return self._resume()
+        study_dir = new_study_dir(self.settings.output, self.prepared.study.name)
+        try:
+            self._fill(study_dir)
+        except BaseException as e:  # Ctrl-C, a full disk: a half-made study directory is not left behind
+            shutil.rmtree(study_dir, ignore_errors=True)
+            self.manifest = None
+            if isinstance(e, OSError) and e.errno is not None:
+                raise Failure(f"cannot write the new study directory {study_dir} ({e.strerror}); "
+                              "it was removed again and nothing was run") from None
+            raise
+        return self.prepared.plan
+
+    def _fill(self, study_dir: Path) -> None:
+        """A new study directory's first files: the study lock, the study file, the manifest."""
         study, s = self.prepared.study, self.settings
-        study_dir = new_study_dir(s.output, study.name)
         self._study_lock = lock_study_dir(study_dir)
         shutil.copyfile(study.path, study_dir / study.path.name)  # the study file as given
         self.manifest = Manifest.create(study_dir, study, self.prepared.plan, self.prepared.runner.name,
@@ -121,7 +167,6 @@ class Session:
                                         reproduces=str(s.reproduces) if s.reproduces else None)
         if s.on_created is not None:
             s.on_created(study_dir)
-        return self.prepared.plan
 
     def _resume(self) -> list[PlannedRun]:
         manifest = self.manifest
@@ -159,7 +204,7 @@ class Session:
             if isinstance(runner, PlanRunner):  # Slurm, parallel GPUs: the plan at once
                 return runner.run_whole(manifest, [p.run_id for p in todo], self.notify, policy=policy,
                                         detach=self.settings.detach)
-            progress.begin(len(todo))
+            progress.begin(len(todo), len(self.prepared.plan))
             return run_plan(manifest, self.prepared.study, todo, runner, progress, policy)
         except KeyboardInterrupt:
             self.notify(f"to continue this study: {resume_hint(manifest)}")

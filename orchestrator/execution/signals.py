@@ -13,12 +13,15 @@ from types import FrameType
 
 
 class Interrupted(KeyboardInterrupt):
-    """A KeyboardInterrupt that remembers which signal caused it."""
+    """A KeyboardInterrupt that remembers which signal caused it and, once `llem run`
+    knows, what the interrupt left behind (`outcome`, said by the CLI: finished runs
+    are kept only where a study directory exists)."""
 
-    def __init__(self, signal_name: str, exit_code: int) -> None:
+    def __init__(self, signal_name: str, exit_code: int, outcome: str | None = None) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
         self.exit_code = exit_code
+        self.outcome = outcome
 
 
 def describe(exc: KeyboardInterrupt) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from llenergymeasure.backends.config import ExperimentConfig
-from llenergymeasure.orchestrator.build import engine_keys as keys
 from llenergymeasure.orchestrator.build import engine_store as trt_cache
 from llenergymeasure.orchestrator.build.engines import build_engines, hold_engine, plan_engines, trtllm_version
 from llenergymeasure.orchestrator.study.load import load_study

@@ -130,6 +130,7 @@ execution: {n_cycles: 1, order: sequential}
     assert [r["state"] for r in m["runs"]] == ["done", "failed", "pending"]
     assert m["runs"][1]["error"] == "interrupted (Ctrl-C)"
     study_dir = manifest_path.parent
+    assert f"interrupted (Ctrl-C): finished runs are kept in {study_dir}" in stderr
     assert (study_dir / "runs/e01-c1/result.json").exists()
     assert list(pd.read_parquet(study_dir / "runs.parquet")["status"]) == ["done", "failed", "pending"]
     # the interrupted run's process got SIGTERM and said so; error.json says why it was stopped

@@ -70,6 +70,9 @@ class RunnerBase(ABC):
     """What every runner offers, whichever kind it is."""
 
     name: str
+    # whether `llem run --detach` can return while the runs go on without this process:
+    # only a runner that hands the plan to a scheduler (Slurm); the others run it here
+    can_detach: bool = False
 
     @abstractmethod
     def describe(self) -> str:

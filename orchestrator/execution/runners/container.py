@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from llenergymeasure.backends import __version__, contract
+from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.harness.environment import tool_commit
 from llenergymeasure.backends.paths import cache_dir, data_dir
@@ -198,12 +199,42 @@ def owner_alive(pid: int, started: str | None) -> bool:
         return True
 
 
+def run_dir_of(container: Any) -> Path | None:
+    """The host directory mounted as the container's run directory (None if there is none)."""
+    for mount in container.attrs.get("Mounts") or []:
+        if mount.get("Destination") == RUN_DIR_IN_CONTAINER and mount.get("Source"):
+            return Path(mount["Source"])
+    return None
+
+
+def save_logs(container: Any, run_dir: Path) -> None:
+    """The container's whole log into the run's run.log before the container is removed
+    (its log goes with it). The copy streamed while the run went is cut short when llem
+    was killed mid-run, or its stream broke; the engine's copy is whole. Never creates a
+    removed run directory, and never replaces a longer log with a shorter one."""
+    log = run_dir / contract.LOG_FILE
+    try:
+        data = container.logs(stdout=True, stderr=True)
+    except Exception:  # noqa: BLE001 - no log driver or engine gone: the streamed copy stays
+        return
+    try:
+        if data and run_dir.is_dir() and (not log.exists() or log.stat().st_size <= len(data)):
+            write_bytes_atomic(log, data)
+    except OSError:  # disk full: the streamed copy stays
+        pass
+
+
 def reap_orphans(client: Any) -> list[str]:
-    """Remove llem containers whose orchestrator (on this host) is gone."""
+    """Remove llem containers whose orchestrator (on this host) is gone, after saving the
+    log of each into its run directory (a run that finished after llem was killed keeps
+    its result on resume, and with this its whole run.log)."""
     removed = []
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}.owner_host={platform.node()}"}):
         pid = int(c.labels.get(f"{LABEL}.owner_pid", "0") or 0)
         if pid and not owner_alive(pid, c.labels.get(f"{LABEL}.owner_started")):
+            run_dir = run_dir_of(c)
+            if run_dir is not None:
+                save_logs(c, run_dir)
             c.remove(force=True)
             removed.append(c.name)
     return removed

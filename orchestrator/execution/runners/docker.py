@@ -33,7 +33,7 @@ from llenergymeasure.orchestrator.execution.outcome import RunOutcome, log_tail,
 from llenergymeasure.orchestrator.execution.runners.base import Runner, RunJob, RunnerLost
 from llenergymeasure.orchestrator.execution.runners.container import (
     ENGINE_IN_CONTAINER, ImageInfo, assign_device, container_name, container_spec, engine_build_spec,
-    owner_labels, reap_orphans,
+    owner_labels, reap_orphans, save_logs,
 )
 from llenergymeasure.orchestrator.execution.watchdog import RunGuard, Stop
 from llenergymeasure.orchestrator.notify import Notify
@@ -188,6 +188,7 @@ class DockerRunner(Runner):
         finally:
             if log_thread.ident is not None:  # it was started
                 log_thread.join(timeout=10)
+            save_logs(container, job.run_dir)  # the whole log, before it goes with the container
             try:
                 container.remove(force=True)
             except Exception:  # noqa: BLE001 - engine gone: the reaper removes it at the next start

@@ -27,6 +27,7 @@ from llenergymeasure.orchestrator.study.user_config import load_user_config
 
 class SlurmRunner(PlanRunner):
     name = "slurm"
+    can_detach = True  # the array runs on without us; `llem status` / `llem collect` follow it
 
     def __init__(self) -> None:
         commands.require_tools("sbatch", "scontrol", "scancel", "sinfo")
