@@ -29,7 +29,7 @@ from llenergymeasure.orchestrator.errors import Failure, UserError
 from llenergymeasure.orchestrator.execution import resume as resuming
 from llenergymeasure.orchestrator.execution.choose_runner import choose_runner
 from llenergymeasure.orchestrator.execution.locks import lock_dir, lock_study_dir
-from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest
+from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest, open_study_manifest
 from llenergymeasure.orchestrator.execution.recording import LoopResult, resume_hint
 from llenergymeasure.orchestrator.execution.session import (
     PreparedStudy, Session, SessionSettings, check_output_root,
@@ -129,14 +129,15 @@ def _run(study_file: Path | None, options: RunOptions, resumed: Manifest | None)
     study = _load(study_file, options, resumed)
     if resumed is None and not options.dry_run:
         check_output_root(Path(options.output))  # a bad -o: exit 2 before anything is created
+        # a very large study is confirmed before anything is built or its plan printed
+        ex = study.execution
+        confirm_run_count(len(study.experiments) * ex.n_cycles, len(study.experiments), ex.n_cycles, options.yes,
+                          options.confirm)
     prepared = _prepare(study, options, resumed, term.notify)
     term.print_plan(prepared)
     if options.dry_run:
         term.print_dry_run(prepared.placements, _resume_preview(resumed, options.retry_failed))
         return StudyRun(study=study, plan=prepared.plan)
-    if resumed is None:
-        ex = study.execution
-        confirm_run_count(len(prepared.plan), len(study.experiments), ex.n_cycles, options.yes, options.confirm)
     session = Session(prepared, _session_settings(study, options, resumed, prepared), term.notify)
     try:
         loop = _execute(session, term)
@@ -166,7 +167,7 @@ def _load(study_file: Path | None, options: RunOptions, resumed: Manifest | None
     """load: the study file (on resume, the copy in the study directory unless one is given)."""
     if resumed is None:
         assert study_file is not None
-        study = load_study(study_file, cycles=options.cycles)
+        study = load_study(study_file, cycles=options.cycles, base_dir=_original_base_dir(options.reproduces))
     else:
         if options.cycles is not None:
             raise UserError("--cycles: cannot change the number of cycles of a study being resumed "
@@ -175,10 +176,21 @@ def _load(study_file: Path | None, options: RunOptions, resumed: Manifest | None
             raise UserError(f"--runner: the study ran with the {resumed.runner} runner; resuming with "
                             f"{options.runner} would mix runners in one study. Resume with --runner "
                             f"{resumed.runner}, or start a new study")
-        study = load_study(study_file or resuming.study_file_of(resumed), cycles=resumed.cycles_override)
+        base = None if study_file else resumed.study_base_dir  # the copy's paths mean the original's files
+        study = load_study(study_file or resuming.study_file_of(resumed), cycles=resumed.cycles_override,
+                           base_dir=Path(base) if base else None)
     if options.publication and study.execution.publication is None:
         study.execution.publication = Publication()
     return study
+
+
+def _original_base_dir(reproduces: Path | None) -> Path | None:
+    """A reproduction loads the original's lock file: its relative paths mean files beside the
+    original study file, which the original's manifest recorded."""
+    if reproduces is None:
+        return None
+    base = open_study_manifest(Path(reproduces)).study_base_dir
+    return Path(base) if base else None
 
 
 def _prepare(study: Study, options: RunOptions, resumed: Manifest | None, notify: Notify) -> PreparedStudy:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
+from typing import TypeVar
 
 import pandas as pd
 from rich.console import Console
@@ -21,12 +23,25 @@ from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.preflight import Placement
 from llenergymeasure.orchestrator.study.spec import Study
 
+T = TypeVar("T")
+
 SHARED_COLUMNS = (
     ("model", lambda c: c.model + (f"@{c.model_revision[:12]}" if c.model_revision else "")),
     ("dataset", lambda c: c.dataset),
     ("prompts", lambda c: str(c.n_prompts)),
     ("in/out tokens", lambda c: f"{c.max_input_tokens}/{c.max_output_tokens}"),
 )
+
+
+SHOWN = 20  # a plan longer than twice this shows its first and last SHOWN entries
+
+
+def shown(items: Sequence[T]) -> list[T | None]:
+    """All of `items`, or its first and last SHOWN with None standing for the rest: a plan of
+    60,000 runs is not printed line by line."""
+    if len(items) <= 2 * SHOWN:
+        return list(items)
+    return [*items[:SHOWN], None, *items[-SHOWN:]]
 
 
 def console() -> Console:
@@ -46,6 +61,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | No
     return t
 
 
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:d}:{s % 60:02d}"
+
+
+def estimate_left(runs: Sequence[PlannedRun], durations: dict[int, list[float]]) -> float | None:
+    """Seconds the `runs` still to do will take: each at the mean of its own experiment's
+    finished runs, else at the mean of every finished run; None before any run finished."""
+    every = [d for ds in durations.values() for d in ds]
+    if not every:
+        return None
+    overall = sum(every) / len(every)
+    return sum(sum(ds) / len(ds) if (ds := durations.get(r.experiment_index)) else overall for r in runs)
+
+
 class Progress:
     """One line per run; on a terminal the running line updates with elapsed time.
 
@@ -55,6 +85,7 @@ class Progress:
 
     def __init__(self, out: Console) -> None:
         self.out = out
+        self.todo: list[PlannedRun] = []
         self.total = 0
         self.planned = 0
         self.started = 0
@@ -62,9 +93,20 @@ class Progress:
         self.t0 = time.monotonic()
         self.live = out.is_terminal
         self._line = ""
+        self._current: PlannedRun | None = None
+        self.durations: dict[int, list[float]] = {}  # experiment index -> its finished runs' seconds
 
-    def begin(self, total: int, planned: int) -> None:
-        self.total, self.planned = total, planned
+    def begin(self, todo: list[PlannedRun], planned: int) -> None:
+        self.todo, self.total, self.planned = list(todo), len(todo), planned
+
+    def _left(self) -> str:
+        """`, ~M:SS left, ends ~HH:MM UTC` from the runs still to do (this one included), once a
+        run has finished; empty before."""
+        seconds = estimate_left(self.todo[self.started - 1:], self.durations)
+        if seconds is None:
+            return ""
+        end = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        return f", ~{_clock(seconds)} left, ends ~{end:%H:%M} UTC"
 
     def _elapsed(self) -> str:
         s = int(time.monotonic() - self.t0)
@@ -72,13 +114,14 @@ class Progress:
 
     def start(self, run: PlannedRun, label: str) -> None:
         self.started += 1
+        self._current = run
         where = f" (plan {run.position}/{self.planned})" if self.total != self.planned else ""
         self._line = f"[{self.started}/{self.total}] {run.run_id}{where} {label}"
         if self.live:
-            sys.stdout.write(f"\r{self._line} ... (study {self._elapsed()})")
+            sys.stdout.write(f"\r{self._line} ... (study {self._elapsed()}{self._left()})")
             sys.stdout.flush()
         else:
-            self.out.print(f"{self._line} ... started (study {self._elapsed()})", markup=False)
+            self.out.print(f"{self._line} ... started (study {self._elapsed()}{self._left()})", markup=False)
 
     def tick(self, run_elapsed: float) -> None:
         if self.live:
@@ -87,6 +130,8 @@ class Progress:
 
     def end(self, outcome: RunOutcome, seconds: float) -> None:
         self.done += 1
+        if self._current is not None:
+            self.durations.setdefault(self._current.experiment_index, []).append(seconds)
         if outcome.state == "done" and outcome.result is not None:
             m = outcome.result.metrics
             msg = f"done in {seconds:.1f} s: {m.output_tokens_per_s:,.1f} tok/s"
@@ -136,13 +181,18 @@ class Terminal:
         headers = ["#", "id", "settings", "backend", "device", *(n for n, _ in varying),
                    *(["image"] if images else []), *(["TensorRT-LLM engine"] if engines else [])]
         rows = []
-        for e in study.experiments:
+        for e in shown(study.experiments):
+            if e is None:
+                rows.append(["...", "", f"{len(study.experiments) - 2 * SHOWN} more", *[""] * (len(headers) - 3)])
+                continue
             c = e.config
             rows.append([str(e.index), e.id[:12], e.label, c.backend, prepared.placements[e.index].device,
                          *(get(c) for _, get in varying), *([images.get(c.backend, "")] if images else []),
                          *([engines.get(e.index, "")] if engines else [])])
         self.out.print(table(headers, rows, "experiments", left=headers))
-        self.notify("order: " + " ".join(r.run_id for r in prepared.plan))
+        order = [r.run_id if r is not None else f"... ({len(prepared.plan) - 2 * SHOWN} more) ..."
+                 for r in shown(prepared.plan)]
+        self.notify("order: " + " ".join(order))
 
     def print_dry_run(self, placements: dict[int, Placement], resume_preview: str | None) -> None:
         problems: dict[str, list[int]] = {}

@@ -150,6 +150,9 @@ class Manifest(_Record):
     tool_version: str = __version__
     study_name: str
     study_file: str  # the copy in the study directory
+    # where the study file was: its relative paths (model, dataset) mean files there, also
+    # when the copy is loaded again (resume) or its lock (reproduce)
+    study_base_dir: str | None = None
     created_at: str
     runner: str
     status: StudyStatus = "running"

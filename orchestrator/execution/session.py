@@ -164,7 +164,8 @@ class Session:
         shutil.copyfile(study.path, study_dir / study.path.name)  # the study file as given
         self.manifest = Manifest.create(study_dir, study, self.prepared.plan, self.prepared.runner.name,
                                         analysis=s.analysis, cycles_override=s.cycles_override,
-                                        reproduces=str(s.reproduces) if s.reproduces else None)
+                                        reproduces=str(s.reproduces) if s.reproduces else None,
+                                        study_base_dir=str(study.base_dir) if study.base_dir else None)
         if s.on_created is not None:
             s.on_created(study_dir)
 
@@ -204,7 +205,7 @@ class Session:
             if isinstance(runner, PlanRunner):  # Slurm, parallel GPUs: the plan at once
                 return runner.run_whole(manifest, [p.run_id for p in todo], self.notify, policy=policy,
                                         detach=self.settings.detach)
-            progress.begin(len(todo), len(self.prepared.plan))
+            progress.begin(todo, len(self.prepared.plan))
             return run_plan(manifest, self.prepared.study, todo, runner, progress, policy)
         except KeyboardInterrupt:
             self.notify(f"to continue this study: {resume_hint(manifest)}")

@@ -40,8 +40,9 @@ def test_progress_counts_this_sessions_runs_never_past_its_total():
     over the number of runs to do)."""
     buf = io.StringIO()
     progress = Progress(Console(file=buf, width=200, no_color=True))
-    progress.begin(2, 4)
-    for run in (PlannedRun("e01-c2", 1, 2, 3), PlannedRun("e02-c2", 2, 2, 4)):
+    todo = [PlannedRun("e01-c2", 1, 2, 3), PlannedRun("e02-c2", 2, 2, 4)]
+    progress.begin(todo, 4)
+    for run in todo:
         progress.start(run, "batch")
         progress.end(RunOutcome("failed", 1, error="boom"), 1.0)
     lines = buf.getvalue().splitlines()
@@ -50,9 +51,28 @@ def test_progress_counts_this_sessions_runs_never_past_its_total():
 
     buf = io.StringIO()  # a whole plan: the plan position is the count, said once
     progress = Progress(Console(file=buf, width=200, no_color=True))
-    progress.begin(1, 1)
+    progress.begin([PlannedRun("e01-c1", 1, 1, 1)], 1)
     progress.start(PlannedRun("e01-c1", 1, 1, 1), "batch")
     assert buf.getvalue().startswith("[1/1] e01-c1 batch ... started")
+
+
+def test_progress_estimates_the_time_left_from_finished_runs():
+    """Issue 16: each run line says how long the rest of the study will take and when it
+    ends: runs at the mean of their own experiment's finished runs, else of every run."""
+    from llenergymeasure.orchestrator.terminal import estimate_left
+
+    todo = [PlannedRun(f"e0{e}-c{c}", e, c, 2 * (c - 1) + e) for c in (1, 2) for e in (1, 2)]
+    assert estimate_left(todo, {}) is None
+    assert estimate_left(todo[2:], {1: [10.0], 2: [30.0]}) == 40.0
+    assert estimate_left(todo[1:], {1: [10.0, 20.0]}) == 15.0 * 3  # experiment 2 at the overall mean
+    buf = io.StringIO()
+    progress = Progress(Console(file=buf, width=200, no_color=True))
+    progress.begin(todo, 4)
+    progress.start(todo[0], "a")
+    progress.end(RunOutcome("failed", 1, error="boom"), 100.0)
+    progress.start(todo[1], "b")  # three runs left, each estimated at 100 s
+    lines = buf.getvalue().splitlines()
+    assert "left" not in lines[0] and "~5:00 left, ends ~" in lines[-1], lines
 
 
 def test_ctrl_c_before_the_study_directory_exists_says_nothing_was_run(tmp_path, tiny_model):

@@ -139,6 +139,10 @@ def test_relative_paths_run_from_any_directory(tmp_path, tiny_model):
         config = manifest["experiments"][0]["config"]
         assert config["dataset"] == str(study.parent / "prompts.jsonl")
         assert config["dataset_sha256"] == sha256_file(study.parent / "prompts.jsonl")
+        # the copy in the study directory means the same files when a resume loads it again
+        assert manifest["study_base_dir"] == str(study.parent)
+        r = llem("run", "--resume", str(study_dir), "--dry-run", cwd=tmp_path)
+        assert r.returncode == 0 and "resume would run: nothing" in r.stdout, r.stdout + r.stderr
 
 
 # -- 4. values that pass validation and break later ----------------------------------
