@@ -18,29 +18,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _file(*parts: str) -> property:
+    """A path at a fixed place in the study directory."""
+    return property(lambda self: self.root.joinpath(*parts), doc="/".join(parts))
+
+
 @dataclass(frozen=True)
 class StudyLayout:
     root: Path
 
-    # -- the study's own files
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".llem.lock"
+    # the study's own files
+    manifest = _file("manifest.json")
+    lock = _file(".llem.lock")
+    # runs
+    runs = _file("runs")
+    # tables and report
+    runs_table = _file("runs.parquet")
+    summary = _file("summary.parquet")
+    report = _file("report.html")
+    # publication
+    study_lock = _file("study.lock.yaml")
+    environment = _file("environment.json")
+    reproduce_md = _file("REPRODUCE.md")
+    reproduction = _file("reproduction.parquet")
+    # Slurm
+    slurm = _file("slurm")
+    slurm_logs = _file("slurm", "logs")
+    slurm_tasks = _file("slurm", "tasks")
 
     def study_file(self, name: str) -> Path:
         return self.root / name
 
-    # -- runs
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
     def run_dir(self, run_id: str) -> Path:
-        return self.runs / run_id
+        return self.root / "runs" / run_id
 
     @staticmethod
     def run_dir_entry(run_id: str) -> str:
@@ -50,55 +60,12 @@ class StudyLayout:
     def attempts(self, run_id: str) -> Path:
         return self.root / "attempts" / run_id
 
-    # -- tables and report
-    @property
-    def runs_table(self) -> Path:
-        return self.root / "runs.parquet"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.parquet"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
-
-    # -- publication
-    @property
-    def study_lock(self) -> Path:
-        return self.root / "study.lock.yaml"
-
-    @property
-    def environment(self) -> Path:
-        return self.root / "environment.json"
-
-    @property
-    def reproduce_md(self) -> Path:
-        return self.root / "REPRODUCE.md"
-
-    @property
-    def reproduction(self) -> Path:
-        return self.root / "reproduction.parquet"
-
-    # -- Slurm
-    @property
-    def slurm(self) -> Path:
-        return self.root / "slurm"
-
-    @property
-    def slurm_logs(self) -> Path:
-        return self.slurm / "logs"
-
-    @property
-    def slurm_tasks(self) -> Path:
-        return self.slurm / "tasks"
-
     def slurm_script(self, submission: int) -> Path:
-        return self.slurm / f"array-{submission}.sh"
+        return self.root / "slurm" / f"array-{submission}.sh"
 
     def task_record(self, run_id: str) -> Path:
-        return self.slurm_tasks / f"{run_id}.json"
+        return self.root / "slurm" / "tasks" / f"{run_id}.json"
 
     def slurm_attempt(self, submission: int, run_id: str) -> Path:
         """Where a resubmitted run's earlier files go."""
-        return self.slurm / "attempts" / f"before-{submission}" / run_id
+        return self.root / "slurm" / "attempts" / f"before-{submission}" / run_id
