@@ -1,5 +1,6 @@
 # make study STUDY=batch-sweep.yaml   run a study (bare names resolve under studies/)
 # make test                           run the test suite
+# make test-under-load                the signal/fault/Slurm tests beside a bounded CPU load
 # make setup                          create .venv with the pinned dependencies
 # make images [BACKEND=pytorch] [BASE=image]   build backend images (needs a Docker engine)
 PYTHON  ?= python3
@@ -11,7 +12,7 @@ RUNNER  ?= auto
 ARGS    ?=
 STUDY_PATH := $(if $(wildcard $(STUDY)),$(STUDY),studies/$(STUDY))
 
-.PHONY: setup study dry-run test doctor images docker-base clean
+.PHONY: setup study dry-run test test-under-load doctor images docker-base clean
 
 $(VENV)/.installed: pyproject.toml setup.py requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ docker-base:
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+# The tests that signal, kill or time out runs (faults, Ctrl-C, Slurm, parallel runs), beside
+# two busy processes: races that only an idle machine hides fail here, not on a user's machine.
+test-under-load: setup
+	$(BIN)/python -m pytest --cpu-load 2 -m slow -k "fault or ctrl_c or slurm or parallel or interrupt" $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -12,6 +12,24 @@ import pytest
 from tests.support.helpers import LOCAL_BASE, REPO, SHARED_AIENERGYSCORE, docker_unavailable_reason, llem
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-load", type=int, default=0, metavar="N",
+                     help="run the tests beside N busy processes (bounded: tests/support/cpu_load.py)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_load(request: pytest.FixtureRequest):
+    """`--cpu-load N`: the whole session runs on a loaded machine, as users' machines often are."""
+    from tests.support.cpu_load import CpuLoad
+
+    n = request.config.getoption("--cpu-load")
+    if not n:
+        yield None
+        return
+    with CpuLoad(n) as load:
+        yield load
+
+
 @pytest.fixture(scope="session", autouse=True)
 def llem_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("llem")
