@@ -8,6 +8,7 @@ run took as the orchestrator saw it (the manifest's started_at and finished_at).
 is overhead: a new interpreter, imports, writing results, the process ending.
 
     python benchmarks/run_overhead.py [--cycles 3] [--keep DIR]
+    python benchmarks/run_overhead.py --teardown [--repeats 5]   # time from a run's last line to its exit
 
 Prints the median per-run overhead with its 95% bootstrap interval, and the study's wall
 time over the sum of necessary time (issue targets: <= 0.5 s and <= 1.3).
@@ -51,11 +52,44 @@ def necessary_s(result: dict) -> float:
     return phases["baseline_s"] + m["model_load_s"] + phases["warmup_s"] + phases["stabilisation_s"] + m["duration_s"]
 
 
+def teardown(repeats: int) -> int:
+    """One run process (`python -m llenergymeasure.backends`, the tiny model) at a time: the
+    seconds from its last line ("llem: done") to its exit, which measure nothing."""
+    import os
+
+    from llenergymeasure.backends.config import ExperimentConfig
+
+    config = ExperimentConfig(model="llem/tiny-llama", device="cpu", n_prompts=2, max_input_tokens=16,
+                              max_output_tokens=4, measurement={"min_window_s": 0, "warmup_batches": 0})
+    tails = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        env = {**os.environ, "LLEM_EXPERIMENT_JSON": config.canonical_json(), "LLEM_RUN_DIR": run_dir}
+        for _ in range(repeats):
+            p = subprocess.Popen([sys.executable, "-m", "llenergymeasure.backends"], env=env, cwd=run_dir,
+                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            done = None
+            for line in p.stderr:  # type: ignore[union-attr]
+                if line.startswith("llem: done"):
+                    done = time.monotonic()
+            p.wait()
+            if done is None or p.returncode != 0:
+                print(f"the run failed (exit {p.returncode})")
+                return 1
+            tails.append(time.monotonic() - done)
+    print(f"from a run's last line to its exit: median {statistics.median(tails):.3f} s "
+          f"(min {min(tails):.3f}, max {max(tails):.3f}) over {repeats} runs")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--keep", type=Path, default=None, help="Keep the study directory under this folder.")
+    ap.add_argument("--teardown", action="store_true", help="Only time how long a run takes to end.")
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    if args.teardown:
+        return teardown(args.repeats)
     out = args.keep or Path(tempfile.mkdtemp(prefix="llem-overhead-"))
     study = out / "run-overhead.yaml"
     out.mkdir(parents=True, exist_ok=True)
