@@ -250,6 +250,7 @@ def _session_settings(study: Study, options: RunOptions, resumed: Manifest | Non
         output=Path(options.output), resumed=resumed, retry_failed=options.retry_failed,
         fail_fast=options.fail_fast, wait=options.wait, detach=options.detach, cycles_override=options.cycles,
         analysis=AnalysisRecord(reference_index=study.reference_index, costs=costs.model_dump(mode="json"),
+                                max_cv=study.analysis.max_cv,
                                 cost_sources=cost_sources),
         reproduces=options.reproduces, on_created=on_created)
 

@@ -47,7 +47,8 @@ def open_study(path: Path, reference: int | None = None) -> StudyResults:
             raise UserError(f"--reference: experiment {reference} does not exist; use 1 to {len(experiments)}")
         ref = reference
     runs = pd.DataFrame(run_rows(manifest))
-    summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest))
+    summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest),
+                        max_cv=manifest.analysis.max_cv)
     return StudyResults(path, manifest, runs, summary, ref, costs, sources)
 
 

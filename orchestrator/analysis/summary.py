@@ -9,6 +9,7 @@ Pareto frontiers; and flags a reader must see before trusting a row.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pandas as pd
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.orchestrator.analysis import stats
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
-from llenergymeasure.orchestrator.study.analysis_section import Costs
+from llenergymeasure.orchestrator.study.analysis_section import DEFAULT_MAX_CV, Costs
 from llenergymeasure.orchestrator.analysis.costs import add_cost_columns
 from llenergymeasure.orchestrator.analysis.pareto import pareto_front
 from llenergymeasure.orchestrator.analysis.energy_columns import is_energy_column
@@ -44,6 +45,7 @@ HEADLINE: tuple[tuple[str, bool], ...] = (
 THROUGHPUT = "output_tokens_per_s"
 ENERGY = "energy_per_output_token_j"
 LATENCY = "ttft_ms_p50"
+VARIANCE_CHECKED = (THROUGHPUT, ENERGY)  # the figures a reader compares configurations by
 
 
 def swept_keys(experiments: list[dict[str, Any]]) -> list[str]:
@@ -79,6 +81,17 @@ def _flags(n_done: int, n_failed: int, n_other: int, codes: dict[str, int]) -> l
     return flags
 
 
+def high_variance(row: dict[str, Any], max_cv: float) -> list[str]:
+    """`high_variance` flags: the headline figures whose CV across cycles exceeds `max_cv` (a
+    noisy machine: contention, throttling), with the CVs, so a reader sees it before the means."""
+    out = []
+    for m in VARIANCE_CHECKED:
+        cv = row.get(f"{m}_cv")
+        if cv is not None and not math.isnan(cv) and cv > max_cv:
+            out.append(f"high_variance: {m} CV {cv:.0%} > {max_cv:.0%} (analysis.max_cv)")
+    return out
+
+
 def metric_columns(costs: Costs) -> list[str]:
     """The summarised metrics: the headline ones, then the cost columns `costs` allows."""
     probe = pd.DataFrame({"energy_per_output_token_j": [], "output_tokens_per_s": [], "n_gpus": []})
@@ -86,9 +99,11 @@ def metric_columns(costs: Costs) -> list[str]:
 
 
 def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_index: int = 1,
-              costs: Costs | None = None, include_energy: bool = True) -> pd.DataFrame:
+              costs: Costs | None = None, include_energy: bool = True,
+              max_cv: float = DEFAULT_MAX_CV) -> pd.DataFrame:
     """One row per experiment of the manifest (in index order), whether or not any run finished.
-    `include_energy=False`: no energy, power, CO2 or Pareto columns at all."""
+    `include_energy=False`: no energy, power, CO2 or Pareto columns at all. `max_cv`: above
+    this coefficient of variation across cycles, throughput or energy per token is flagged."""
     runs = runs.copy()
     for col in ("experiment_index", "status"):
         if col not in runs:  # a study with no runs
@@ -136,6 +151,7 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
             })
         flags = _flags(len(ok), n_failed, len(mine) - len(ok) - n_failed,
                        _warning_codes(ok["warnings"]) if "warnings" in ok else {})
+        flags += high_variance(row, max_cv)
         row["flags"] = "; ".join(flags)
         row["flagged"] = bool(flags)
         if cost_cols:

@@ -130,6 +130,7 @@ class AnalysisRecord(_Record):
     reference_index: int = 1
     costs: dict[str, Any] = Field(default_factory=dict)
     cost_sources: dict[str, str] = Field(default_factory=dict)
+    max_cv: float = 0.05  # analysis.max_cv: above it a configuration is flagged high_variance
 
 
 class Submission(_Record):

@@ -20,6 +20,9 @@ from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.messages import format_errors
 
 
+DEFAULT_MAX_CV = 0.05
+
+
 class Costs(BaseModel):
     model_config = STRICT  # strict types, finite numbers (backends/limits.py)
 
@@ -41,6 +44,10 @@ class Analysis(BaseModel):
     # ({pytorch.batch_size: 1}); default: the first experiment.
     reference: Annotated[int, Field(ge=1, le=MAX_COUNT)] | str | dict[str, Any] | None = None
     costs: Costs = Costs()
+    # a configuration whose throughput or energy per token varies across its cycles by more
+    # than this coefficient of variation (std / mean) is flagged high_variance: noise is
+    # caught, not published. 0.05 = 5 %.
+    max_cv: float = Field(DEFAULT_MAX_CV, gt=0, le=10)
 
     @field_validator("reference", mode="before")
     @classmethod

@@ -111,8 +111,8 @@ def test_summary_ratios_flags_and_frontier():
         "experiment_index": [1, 1, 1, 2, 2, 2, 3, 3],
         "status": ["done"] * 6 + ["done", "failed"],
         "warnings": ["", "", "", "", "thermal_throttling: GPU-1: hw_thermal", "", "", None],
-        "output_tokens_per_s": [100, 110, 90, 400, 410, 390, 95, None],
-        "energy_per_output_token_j": [2.0, 2.1, 1.9, 0.6, 0.62, 0.58, 2.5, None],
+        "output_tokens_per_s": [100, 102, 98, 400, 410, 390, 95, None],
+        "energy_per_output_token_j": [2.0, 2.02, 1.98, 0.6, 0.61, 0.59, 2.5, None],
         "ttft_ms_p50": [10, 11, 9, 30, 31, 29, 12, None],
     })
     exps = [{"index": i, "id": str(i) * 64, "label": f"bs={b}", "config": {"backend": "pytorch",
@@ -128,3 +128,25 @@ def test_summary_ratios_flags_and_frontier():
     assert "n=1 < 3" in s.loc[3, "flags"] and "1 failed run" in s.loc[3, "flags"]
     assert list(s["pareto_throughput_energy"]) == [False, True, False]
     assert list(s["pareto_latency_energy"]) == [True, True, False]
+
+
+def test_noise_across_cycles_is_flagged_with_its_cv():
+    """A configuration measured 34, 170 and 38 tok/s in its three cycles (seen here on a loaded
+    machine) must not be published bare: its row says high_variance with the CV; a steady one
+    does not, and analysis.max_cv moves the line."""
+    runs = pd.DataFrame({
+        "experiment_index": [1, 1, 1, 2, 2, 2],
+        "status": ["done"] * 6,
+        "warnings": [""] * 6,
+        "output_tokens_per_s": [34.0, 170.0, 38.0, 500.0, 505.0, 495.0],
+        "energy_per_output_token_j": [1.0, 1.01, 0.99, 0.5, 0.5, 0.5],
+    })
+    exps = [{"index": i, "id": str(i) * 64, "label": f"bs={b}", "config": {"backend": "pytorch",
+             "pytorch": {"batch_size": b}}, "swept": {"pytorch.batch_size": b}} for i, b in ((1, 2), (2, 8))]
+    s = summarise(runs, exps, 1).set_index("experiment_index")
+    assert "high_variance: output_tokens_per_s CV 96% > 5% (analysis.max_cv)" in s.loc[1, "flags"], s.loc[1, "flags"]
+    assert "energy_per_output_token_j" not in s.loc[1, "flags"]  # 1 % is steady
+    assert not s.loc[2, "flagged"]
+    loose = summarise(runs, exps, 1, max_cv=1.5).set_index("experiment_index")
+    assert not loose.loc[1, "flagged"]
+

@@ -169,6 +169,7 @@ def test_relative_paths_run_from_any_directory(tmp_path, tiny_model):
     ("execution: {publication: {energy_required: 0}}\n", "execution.publication.energy_required: must be true or false"),
     ("analysis: {reference: true}\n", "analysis.reference: must be an experiment index"),
     ("analysis: {costs: {pue: '1.2'}}\n", "analysis.costs.pue: must be a number, not a string"),
+    ("analysis: {max_cv: 0}\n", "analysis.max_cv"),
     ("slurm: {time_limit: 1:00:00}\n", "slurm.time_limit: must be a string in quotes"),
     ("slurm: {gpus_per_run: true}\n", "slurm.gpus_per_run: must be an integer, not a boolean"),
 ])
