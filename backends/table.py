@@ -25,6 +25,10 @@ class BackendRow:
     gpu_only: bool  # refuses to run on the CPU
     continuous_batching: bool  # requests in flight vary over a pass: a steady-state window applies
     lora_unsupported: str | None = None  # None: applies LoRA adapters; else why not, and what to do
+    # runs in a Python environment of its own on the local runner (its pins conflict with
+    # the host's: vLLM's transformers<5.18 vs the PyTorch backend's); created by
+    # `make setup BACKEND=<name>` from images/<name>/requirements-cpu.lock
+    own_environment: bool = False
 
     @property
     def adapter_module(self) -> str:
@@ -35,7 +39,7 @@ class BackendRow:
 TABLE: tuple[BackendRow, ...] = (
     BackendRow("pytorch", pytorch.PyTorchConfig, "transformers", gpu_only=False, continuous_batching=False,
                lora_unsupported=pytorch.LORA_UNSUPPORTED),
-    BackendRow("vllm", vllm.VLLMConfig, "vllm", gpu_only=True, continuous_batching=True),
+    BackendRow("vllm", vllm.VLLMConfig, "vllm", gpu_only=False, continuous_batching=True, own_environment=True),
     BackendRow("tensorrt", tensorrt.TensorRTConfig, "tensorrt_llm", gpu_only=True, continuous_batching=True,
                lora_unsupported=tensorrt.LORA_UNSUPPORTED),
 )

@@ -5,4 +5,5 @@ import sys
 
 from llenergymeasure.backends.tensorrt.backend import main
 
-sys.exit(main(sys.argv))
+if __name__ == "__main__":  # spawned workers re-import this module
+    sys.exit(main(sys.argv))

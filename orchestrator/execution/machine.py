@@ -12,7 +12,8 @@ from importlib import metadata
 from llenergymeasure.backends import __version__
 from llenergymeasure.backends.paths import cache_dir, data_dir
 from llenergymeasure.backends.prompts import BUILTIN_DATASETS, installed_path
-from llenergymeasure.backends.table import TABLE
+from llenergymeasure.backends.table import TABLE, BackendRow
+from llenergymeasure.orchestrator.execution.environments import environment_for
 
 
 @dataclass
@@ -77,6 +78,17 @@ def _docker() -> Check:
         return Check("runtime", "Docker engine", False, f"not reachable ({type(e).__name__})")
 
 
+def _backend(row: BackendRow) -> Check:
+    """Whether the backend's engine imports where the local runner would run it."""
+    env = environment_for(row.name)
+    if env.own:
+        ok, detail = env.probe()
+        return Check("backend", row.name, ok, detail)
+    pkg = row.engine_package
+    v = _version(pkg) if importlib.util.find_spec(pkg) else None
+    return Check("backend", row.name, bool(v), f"{pkg} {v} ({sys.executable})" if v else f"{pkg} not installed")
+
+
 def collect() -> list[Check]:
     checks = [
         Check("llem", "version", True, f"{__version__} (Python {sys.version.split()[0]}, {platform.platform()})"),
@@ -98,10 +110,7 @@ def collect() -> list[Check]:
                         f"zeus {zeus} installed (select with measurement.energy_source: zeus)"
                         if zeus else "not installed (optional: measurement.energy_source: zeus)"))
     checks.append(_docker())
-    for row in TABLE:
-        pkg = row.engine_package
-        v = _version(pkg) if importlib.util.find_spec(pkg) else None
-        checks.append(Check("backend", row.name, bool(v), f"{pkg} {v}" if v else f"{pkg} not installed"))
+    checks += [_backend(row) for row in TABLE]
     checks.append(Check("paths", "results", True, os.path.abspath("results")))
     checks.append(Check("paths", "cache (built-in models)", True, str(cache_dir())))
     checks.append(Check("paths", "datasets", True, str(data_dir())))

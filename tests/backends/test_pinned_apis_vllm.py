@@ -28,6 +28,7 @@ import pytest
 
 import llenergymeasure.backends.vllm.backend as adapter
 from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.decoding import decoding_for
 from llenergymeasure.backends.vllm.config import VLLMConfig
 
 VLLM_VERSION = "0.31.0"
@@ -55,9 +56,11 @@ CFG_SCHED = "vllm/config/scheduler.py"
 CFG_PARALLEL = "vllm/config/parallel.py"
 CFG_VLLM = "vllm/config/vllm.py"
 QUANT = "vllm/model_executor/layers/quantization/__init__.py"
+CORE_IO = "vllm/v1/engine/__init__.py"
+CORE_CLIENT = "vllm/v1/engine/core_client.py"
 NEEDED = ("PKG-INFO", LLM_PY, ARG_UTILS, SAMPLING, ENGINE, LORA_REQUEST, INPUTS_LLM, INPUTS_INIT,
           OUTPUTS, TOKENIZER, VLLM_INIT, CFG_CACHE, CFG_LORA, CFG_MODEL, CFG_SCHED,
-          CFG_PARALLEL, CFG_VLLM, QUANT)
+          CFG_PARALLEL, CFG_VLLM, QUANT, CORE_IO, CORE_CLIENT)
 
 # Read at import (collection), before conftest points LLEM_CACHE_DIR at a per-session
 # temporary directory, so that the download is cached across sessions.
@@ -208,6 +211,7 @@ EVERY_VLLM_OPTION: dict[str, Any] = {
     "gpu_memory_utilization": 0.8, "enable_prefix_caching": True, "enable_chunked_prefill": True,
     "kv_cache_dtype": "fp8", "quantization": "fp8", "tensor_parallel_size": 2,
     "pipeline_parallel_size": 2, "enforce_eager": True, "max_model_len": 4096,
+    "kv_cache_memory_bytes": 2**30,
 }
 
 
@@ -276,7 +280,7 @@ def test_config_literals_are_subsets_of_vllms(src: Path) -> None:
     {}, {"ignore_eos": False}, {"sampling": {"temperature": 0.8, "top_p": 0.9, "top_k": 40}},
 ])
 def test_sampling_kwargs_are_samplingparams_fields(src: Path, tmp_path: Path, over: dict) -> None:
-    kw = adapter.sampling_kwargs(full_config(tmp_path, **over))
+    kw = adapter.sampling_kwargs(decoding_for(full_config(tmp_path, **over), tmp_path, 2))
     sp = fields(class_def(src, SAMPLING, "SamplingParams"))
     assert set(kw) <= sp, set(kw) - sp
     assert kw["output_kind"] in enum_members(class_def(src, SAMPLING, "RequestOutputKind"))
@@ -320,6 +324,22 @@ def test_what_load_reads_exists(src: Path) -> None:
         class_def(src, CFG_MODEL, "ModelConfig"))
     assert {"tensor_parallel_size", "pipeline_parallel_size"} <= fields(
         class_def(src, CFG_PARALLEL, "ParallelConfig"))
+
+
+def test_core_stamps_read_what_step_reads(src: Path) -> None:
+    """CoreStamps wraps `engine_core.get_output()`, the call step() takes each batch of
+    outputs from, and reads the batch's `timestamp` (the core's time.monotonic())."""
+    engine = class_def(src, ENGINE, "LLMEngine")
+    assert "engine_core" in self_attrs(method(engine, "__init__"))
+    assert "self.engine_core.get_output()" in ast.unparse(method(engine, "step"))
+    assert "timestamp" in fields(class_def(src, CORE_IO, "EngineCoreOutputs"))
+    assert "time.monotonic()" in ast.unparse(class_def(src, CORE_IO, "EngineCoreOutputs"))
+    for client in ("InprocClient", "SyncMPClient"):
+        method(class_def(src, CORE_CLIENT, client), "get_output")
+
+
+def test_cache_config_has_kv_cache_memory_bytes(src: Path) -> None:
+    assert "kv_cache_memory_bytes" in fields(class_def(src, CFG_CACHE, "CacheConfig"))
 
 
 def test_imports_exist(src: Path) -> None:

@@ -22,6 +22,8 @@ from llenergymeasure.backends.harness.gpu import cuda_uuids
 from llenergymeasure.backends.paths import import_root
 from llenergymeasure.orchestrator.build.engine_store import EngineBuildFailed
 from llenergymeasure.orchestrator.build.engines import build_engines, gpu_for, hold_engine, material_for
+from llenergymeasure.orchestrator.errors import UserError
+from llenergymeasure.orchestrator.execution.environments import environment_for
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome, log_tail, read_outcome
 from llenergymeasure.orchestrator.execution.runners.base import Runner, RunJob
 from llenergymeasure.orchestrator.execution.watchdog import RunGuard, Stop
@@ -48,6 +50,8 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
 
 class LocalRunner(Runner):
     name = "local"
+    # runs use this machine's Python environments (environments.py), not an image's
+    host_environments = True
 
     def __init__(self) -> None:
         self._commit = tool_commit()
@@ -60,6 +64,12 @@ class LocalRunner(Runner):
         return resolve_device(spec)  # what the run's own torch will see
 
     def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
+        for backend in sorted({e.config.backend for e in study.experiments} if self.host_environments else ()):
+            env = environment_for(backend)
+            if problem := env.missing():
+                raise UserError(problem)
+            if env.own:
+                notify(f"backend {backend}: runs in {env.python.parent.parent}")
         if build:
             self.engines = build_engines(study.experiments, self, notify)
 
@@ -95,9 +105,10 @@ class LocalRunner(Runner):
             code, stop = self._run_process(_with_env(job, env), RUN_MODULE)
         return read_outcome(job.run_dir, code, *((stop.reason, stop.kind) if stop else ()))
 
-    def command(self, argv: list[str], run_dir: Path) -> list[str]:
-        """The process for one run (a container runtime wraps it: see slurm/apptainer.py)."""
-        return [sys.executable, *argv]
+    def command(self, argv: list[str], run_dir: Path, backend: str = "pytorch") -> list[str]:
+        """The process for one run, in its backend's Python environment (a container
+        runtime wraps it: see slurm/apptainer.py)."""
+        return [str(environment_for(backend).python), *argv]
 
     def _environment(self, job: RunJob) -> dict[str, str]:
         env = dict(os.environ)  # secrets such as HF_TOKEN reach the run via env only
@@ -119,7 +130,7 @@ class LocalRunner(Runner):
         guard = RunGuard(job.run_dir, job.timeout_s, job.stall_s)
         with open(job.run_dir / contract.LOG_FILE, "wb") as log:
             proc = subprocess.Popen(
-                self.command(argv, job.run_dir),
+                self.command(argv, job.run_dir, job.config.backend),
                 env=self._environment(job),
                 cwd=job.run_dir,
                 stdin=subprocess.DEVNULL,

@@ -17,13 +17,15 @@ from llenergymeasure.orchestrator.execution.runners.local import LocalRunner
 
 class ApptainerRunner(LocalRunner):
     name = "apptainer"
+    host_environments = False  # the .sif image carries each backend's packages
+
 
     def __init__(self, sif: str) -> None:
         super().__init__()
         self.sif = sif
         self.binary = shutil.which("apptainer") or shutil.which("singularity") or "apptainer"
 
-    def command(self, argv: list[str], run_dir: Path) -> list[str]:
+    def command(self, argv: list[str], run_dir: Path, backend: str = "pytorch") -> list[str]:
         run_dir = run_dir.resolve()
         binds = [f"{run_dir}:{run_dir}:rw"] + [f"{d}:{d}:ro" for d in (cache_dir().resolve(), data_dir().resolve())
                                                 if d.is_dir()]
