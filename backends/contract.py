@@ -4,7 +4,7 @@ Both the orchestrator and the harness import these names, so the two sides can
 never drift apart. Bump SCHEMA_VERSION whenever result.json changes shape.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tpot_ms_* and e2e_ms_*; TTFT counts from a request's arrival
 
 # Inputs to a run (environment variables set by the runner).
 ENV_EXPERIMENT = "LLEM_EXPERIMENT_JSON"  # the experiment config, canonical JSON
@@ -31,6 +31,7 @@ SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 TIMESERIES_FILE = "timeseries.parquet"
+REQUESTS_FILE = "requests.parquet"  # one row per request of the measured window (harness/result.py)
 LOG_FILE = "run.log"
 HEARTBEAT_FILE = "heartbeat"  # touched as the run makes progress (the host's no-progress watchdog reads it)
 

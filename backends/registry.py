@@ -20,13 +20,19 @@ from llenergymeasure.backends.table import backend_row
 class RequestRecord:
     """One request's timing, on the `time.perf_counter()` clock.
 
-    `submitted_s`: when the request was handed to the engine (for static batches,
-    when its batch started). `token_times_s`: when each output token reached the host.
+    The adapter fills `submitted_s` (when it handed the request to its engine; for a
+    static batch, when the batch started) and `token_times_s` (when each output token
+    reached the host). `arrival_s` is not the adapter's: the harness stamps it
+    (`harness.protocol.run_pass`) as when the request arrived at the workload, because
+    every latency counts from arrival. Counting from submission would let each adapter
+    define TTFT its own way (a static batch's start is not when its requests arrived);
+    `submitted_s` stays as a diagnostic of where the wait happened.
     """
 
     input_tokens: int
     submitted_s: float
     token_times_s: list[float] = field(default_factory=list)
+    arrival_s: float | None = None  # set by the harness, never by an adapter
 
     @property
     def output_tokens(self) -> int:
@@ -56,7 +62,8 @@ class Backend(Protocol):
     def generate(self, prepared: Any, max_batches: int | None = None) -> list[RequestRecord]:
         """Run the workload (or its first `max_batches` batches, for warm-up; for
         continuous-batching engines a "batch" is as many requests as the engine
-        runs at once)."""
+        runs at once). One record per request, in the order of the prompts
+        (`requests.parquet` names each by that position)."""
         ...
 
     def synchronize(self) -> None:

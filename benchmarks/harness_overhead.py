@@ -41,7 +41,7 @@ def streamer_cost_s(batch_size: int, steps: int = 20000) -> float:
     """Seconds the per-token timestamping adds to one decoding step (deterministic
     part of the overhead; the end-to-end ratio above is noise-limited on small machines)."""
     tokens = torch.zeros(batch_size, dtype=torch.long)
-    s = _TimestampStreamer(batch_size, eos_id=None, stop_at_eos=False)
+    s = _TimestampStreamer(batch_size, (), stop_at_eos=False)
     s.put(tokens)  # the prompt
     t0 = time.perf_counter()
     for _ in range(steps):

@@ -1,11 +1,17 @@
 """Every metric's single definition. Adapters report raw request timings; only this
 module turns them into numbers, so all backends mean the same thing by each name.
+
+Request latencies follow vLLM's serving benchmark (`vllm bench serve`): they count from a
+request's arrival at the workload (stamped by the harness, the same on every backend),
+not from when an adapter happened to hand it to its engine.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.steady_state import SteadyState
@@ -17,6 +23,8 @@ PERCENTILES = (50, 90, 99)
 class Metrics(BaseModel):
     """Metrics of one run's measured window (units in the names)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     n_requests: int  # requests in the window, summed over passes
     n_passes: int  # passes over the dataset in the window (measurement.min_window_s)
     input_tokens: int  # prompt tokens after truncation, padding excluded
@@ -24,14 +32,23 @@ class Metrics(BaseModel):
     duration_s: float  # measured window, device-synchronised at both edges
     output_tokens_per_s: float  # output_tokens / duration_s
     requests_per_s: float  # n_requests / duration_s
-    # time from a request's submission to the engine to its first output token
+    # TTFT: first output token - the request's arrival (offline: the start of its pass,
+    # so time queued behind earlier batches or for an engine slot counts), over requests
     ttft_ms_p50: float | None
     ttft_ms_p90: float | None
     ttft_ms_p99: float | None
-    # gaps between consecutive output tokens of the same request, pooled over requests
+    # ITL: gaps between consecutive output tokens of the same request, pooled over requests
     itl_ms_p50: float | None
     itl_ms_p90: float | None
     itl_ms_p99: float | None
+    # TPOT: per request with >= 2 output tokens, (E2E - TTFT) / (output tokens - 1), over requests
+    tpot_ms_p50: float | None
+    tpot_ms_p90: float | None
+    tpot_ms_p99: float | None
+    # E2E latency: last output token - the request's arrival, over requests
+    e2e_ms_p50: float | None
+    e2e_ms_p90: float | None
+    e2e_ms_p99: float | None
     model_load_s: float
     # GPU: peak memory in use on the run's GPUs in the window (NVML, 100 ms samples,
     # device-level); CPU: the run process's peak RSS
@@ -55,6 +72,41 @@ class Metrics(BaseModel):
     steady_state_output_tokens_per_s: float | None
     steady_state_energy_j: float | None
     steady_state_energy_per_output_token_j: float | None
+
+
+def _arrival(r: RequestRecord) -> float:
+    if r.arrival_s is None:
+        raise ValueError("a request record has no arrival_s: latencies count from a request's arrival, "
+                         "which the harness stamps (harness.protocol.run_pass) before metrics are computed")
+    return r.arrival_s
+
+
+def ttft_s(r: RequestRecord) -> float | None:
+    """First output token - arrival; None for a request that produced no token."""
+    return r.token_times_s[0] - _arrival(r) if r.token_times_s else None
+
+
+def e2e_s(r: RequestRecord) -> float | None:
+    """Last output token - arrival; None for a request that produced no token."""
+    return r.token_times_s[-1] - _arrival(r) if r.token_times_s else None
+
+
+def tpot_s(r: RequestRecord) -> float | None:
+    """(E2E - TTFT) / (output tokens - 1): the request's mean decode step. None below 2
+    tokens, where there is no step (a 1-token request would otherwise count as 0 s)."""
+    ttft, e2e = ttft_s(r), e2e_s(r)
+    if r.output_tokens < 2 or ttft is None or e2e is None:
+        return None
+    return (e2e - ttft) / (r.output_tokens - 1)
+
+
+def itl_s(r: RequestRecord) -> list[float]:
+    """Gaps between the request's consecutive output tokens."""
+    return [b - a for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+
+
+def _per_request(records: list[RequestRecord], definition: Callable[[RequestRecord], float | None]) -> list[float]:
+    return [v for v in map(definition, records) if v is not None]
 
 
 def _percentiles(values: list[float], prefix: str) -> dict[str, float | None]:
@@ -84,8 +136,7 @@ def compute_metrics(
     duration = reading.duration_s
     out_tokens = sum(r.output_tokens for r in records)
     in_tokens = sum(r.input_tokens for r in records)
-    ttft = [r.token_times_s[0] - r.submitted_s for r in records if r.token_times_s]
-    itl = [b - a for r in records for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+    itl = [gap for r in records for gap in itl_s(r)]
     energy = reading.energy_j
     flops = 2.0 * n_parameters * (in_tokens + out_tokens)
     return Metrics(
@@ -96,8 +147,10 @@ def compute_metrics(
         duration_s=duration,
         output_tokens_per_s=out_tokens / duration,
         requests_per_s=len(records) / duration,
-        **_percentiles(ttft, "ttft_ms"),
+        **_percentiles(_per_request(records, ttft_s), "ttft_ms"),
         **_percentiles(itl, "itl_ms"),
+        **_percentiles(_per_request(records, tpot_s), "tpot_ms"),
+        **_percentiles(_per_request(records, e2e_s), "e2e_ms"),
         model_load_s=model_load_s,
         peak_memory_mb=peak_memory_mb,
         energy_j=energy,

@@ -4,7 +4,9 @@ environment snapshot -> idle baseline (measured, or reused within a study) ->
 load model (timed) -> load and tokenise prompts -> warm-up at full length ->
 thermal stabilisation (plateau of temperature and power) -> measured window:
 passes over the dataset until it lasts measurement.min_window_s, device-
-synchronised at both edges -> metrics and validity warnings.
+synchronised at both edges -> metrics, per-request records (requests.parquet) and
+validity warnings. Every request's latencies count from its arrival, which this module
+stamps (run_pass), never an adapter.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import logging
 import os
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends import contract
@@ -25,13 +29,15 @@ from llenergymeasure.backends.harness import faults
 from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.harness.metrics import compute_metrics
-from llenergymeasure.backends.harness.result import Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport
+from llenergymeasure.backends.harness.result import (
+    Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport, write_requests,
+)
 from llenergymeasure.backends.harness.sampler import Sampler
 from llenergymeasure.backends.harness.stabilise import Stabilisation, wait_for_plateau
 from llenergymeasure.backends.harness.steady_state import steady_state_window
 from llenergymeasure.backends.harness.validity import gpu_window_warnings, window_warnings
 from llenergymeasure.backends.prompts import load_prompts
-from llenergymeasure.backends.registry import RequestRecord, create_backend
+from llenergymeasure.backends.registry import Backend, RequestRecord, create_backend
 from llenergymeasure.backends.table import backend_row
 
 log = logging.getLogger("llem.harness")
@@ -72,23 +78,37 @@ def _read_plateau(gpus: GpuDiscovery):
     return read
 
 
-def _window(backend, prepared, m: MeasurementConfig) -> tuple[list[RequestRecord], list[RequestRecord], int]:
-    """Passes over the dataset until the window lasts min_window_s (or max_passes)."""
-    records: list[RequestRecord] = []
-    first_pass: list[RequestRecord] = []
-    passes = 0
-    t0 = time.perf_counter()
+@dataclass
+class Pass:
+    """One `generate` call: when its requests arrived, and their records in prompt order."""
+
+    arrival_s: float
+    records: list[RequestRecord]
+
+
+def run_pass(backend: Backend, prepared: Any, max_batches: int | None = None) -> Pass:
+    """Call `backend.generate` and stamp every returned request's arrival. Offline
+    scenario: all of a call's requests arrive together, when the call starts, so the time
+    a request waits for an earlier static batch (PyTorch) or an engine slot (vLLM,
+    TensorRT-LLM) counts in its latencies alike on every backend."""
+    arrival = time.perf_counter()
+    records = backend.generate(prepared, max_batches=max_batches)
+    for r in records:
+        r.arrival_s = arrival
+    return Pass(arrival, records)
+
+
+def _window(backend: Backend, prepared: Any, m: MeasurementConfig) -> list[Pass]:
+    """Passes over the dataset until the window lasts min_window_s (or max_passes); the
+    window starts with the first pass's arrival."""
+    passes: list[Pass] = []
     while True:
-        batch = backend.generate(prepared)
-        passes += 1
+        passes.append(run_pass(backend, prepared))
         beat("window")
-        records += batch
-        if passes == 1:
-            first_pass = batch
-        if time.perf_counter() - t0 >= m.min_window_s or passes >= m.max_passes:
+        if time.perf_counter() - passes[0].arrival_s >= m.min_window_s or len(passes) >= m.max_passes:
             break
     backend.synchronize()
-    return records, first_pass, passes
+    return passes
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
@@ -139,7 +159,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         log.info("warm-up: %d batch(es) at full length", m.warmup_batches)
         t = time.perf_counter()
         if m.warmup_batches:
-            backend.generate(prepared, max_batches=m.warmup_batches)
+            run_pass(backend, prepared, max_batches=m.warmup_batches)
         backend.synchronize()
         warmup_s = time.perf_counter() - t
 
@@ -158,12 +178,13 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         if cpu_meter:
             cpu_meter.start()
         with measured(meter) as window:
-            records, first_pass, passes = _window(backend, prepared, m)
+            passes = _window(backend, prepared, m)
         cpu_reading = cpu_meter.stop() if cpu_meter else None
         sampler.mark("window")  # closing edge sample
         sampler.phase = "done"
 
     reading = window[0]
+    records = [r for p in passes for r in p.records]
     if device == "cpu":
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         cpu_energy = reading.energy_j
@@ -173,7 +194,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
 
     steady = steady_energy = None
     if m.steady_state and backend_row(config.backend).continuous_batching:
-        steady = steady_state_window(first_pass)
+        steady = steady_state_window(passes[0].records)
         if steady:
             steady_energy = integrate_trapezoid(sampler.power_series("window"), steady.start_s, steady.end_s)
 
@@ -184,18 +205,19 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         peak_memory_mb=peak_mb,
         n_parameters=loaded.n_parameters,
         baseline_power_w=baseline.power_w if baseline else None,
-        n_passes=passes,
+        n_passes=len(passes),
         cpu_energy_j=cpu_energy,
         steady=steady,
         steady_energy_j=steady_energy,
     )
     coverage = sampler.coverage("window", reading.duration_s)
     sampler.write(run_dir / contract.TIMESERIES_FILE)
+    write_requests(run_dir / contract.REQUESTS_FILE, [p.records for p in passes], passes[0].arrival_s)
 
     short = sum(1 for r in records if r.output_tokens != config.max_output_tokens) if config.ignore_eos else 0
     coverages = [c for c in (coverage, reading.coverage) if c is not None]  # sampler, power polling
     warnings = window_warnings(
-        duration_s=reading.duration_s, min_window_s=m.min_window_s, passes=passes,
+        duration_s=reading.duration_s, min_window_s=m.min_window_s, passes=len(passes),
         coverage=min(coverages) if coverages else None, persistence=persistence, stabilised=stab.reached,
         stabilisation_detail=stab.detail, short_requests=short,
         max_output_tokens=config.max_output_tokens,

@@ -1,16 +1,21 @@
-"""The files a run leaves behind: `result.json` on success, `error.json` on failure.
+"""The files a run leaves behind: `result.json` on success, `error.json` on failure,
+and beside the result `requests.parquet`, the measured window's per-request records.
 
 A run counts as done only when its result.json validates against `RunResult`.
 """
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.backends.harness.metrics import Metrics
+from llenergymeasure.backends.registry import RequestRecord
 
 
 class _Strict(BaseModel):
@@ -104,3 +109,47 @@ class RunError(_Strict):
     exit_code: int | None = None
     cause: str | None = None  # the harness's error, when the host stopped the run
     log_tail: str | None = None  # last lines of run.log
+
+
+# requests.parquet: one row per request of the measured window, enough to recompute every
+# latency percentile in result.json but ITL (which needs every token's time). Times are
+# seconds from the window's start (the first pass's arrival), so a reader needs no clock;
+# first/last_token_s are null for a request that produced no token.
+REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("pass_index", "int64"),  # 0-based pass over the dataset within the window
+    ("request_index", "int64"),  # 0-based position of the prompt in the dataset
+    ("arrival_s", "float64"),  # when the request arrived (offline: its pass's start)
+    ("submitted_s", "float64"),  # when the adapter handed it to its engine (a diagnostic)
+    ("first_token_s", "float64"),
+    ("last_token_s", "float64"),
+    ("input_tokens", "int64"),
+    ("output_tokens", "int64"),
+)
+
+
+def request_rows(passes: list[list[RequestRecord]], origin_s: float) -> list[dict[str, Any]]:
+    """`passes`: each pass's records in prompt order; `origin_s`: the window's start on
+    the records' clock."""
+    def rel(t: float | None) -> float | None:
+        return None if t is None else t - origin_s
+
+    return [
+        {"pass_index": p, "request_index": i, "arrival_s": rel(r.arrival_s), "submitted_s": rel(r.submitted_s),
+         "first_token_s": rel(r.token_times_s[0] if r.token_times_s else None),
+         "last_token_s": rel(r.token_times_s[-1] if r.token_times_s else None),
+         "input_tokens": r.input_tokens, "output_tokens": r.output_tokens}
+        for p, records in enumerate(passes) for i, r in enumerate(records)
+    ]
+
+
+def write_requests(path: Path, passes: list[list[RequestRecord]], origin_s: float) -> None:
+    """Write requests.parquet atomically (a reader never sees half a file), with fixed
+    column types, so an all-null column still reads back as numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in REQUEST_COLUMNS])
+    table = pa.Table.from_pylist(request_rows(passes, origin_s), schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes_atomic(path, buf.getvalue())

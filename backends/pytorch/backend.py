@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.pytorch.config import PyTorchConfig
+from llenergymeasure.backends.decoding import Decoding, decoding_for
 from llenergymeasure.backends.devices import resolve_dtype, run_device
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.models import resolve_model
@@ -27,10 +28,10 @@ from llenergymeasure.backends.registry import LoadedModel, RequestRecord, regist
 class _TimestampStreamer:
     """Records when each row of the batch receives each output token."""
 
-    def __init__(self, n_rows: int, eos_id: int | None, stop_at_eos: bool) -> None:
+    def __init__(self, n_rows: int, stop_ids: tuple[int, ...], stop_at_eos: bool) -> None:
         self.times: list[list[float]] = [[] for _ in range(n_rows)]
         self._done = [False] * n_rows
-        self._eos_id = eos_id
+        self._stop_ids = frozenset(stop_ids)
         self._stop_at_eos = stop_at_eos
         self._saw_prompt = False
 
@@ -44,11 +45,29 @@ class _TimestampStreamer:
             if self._done[row]:
                 continue  # padding after this row's EOS
             self.times[row].append(now)
-            if self._stop_at_eos and tok == self._eos_id:
+            if self._stop_at_eos and tok in self._stop_ids:
                 self._done[row] = True
 
     def end(self) -> None:
         pass
+
+
+def generation_config(d: Decoding, tok: Any) -> GenerationConfig:
+    """transformers' GenerationConfig for the recipe, every decoding field set."""
+    sample = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if not d.greedy:
+        sample = {"do_sample": True, "temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k or None}
+    return GenerationConfig(
+        max_new_tokens=d.max_new_tokens,
+        min_new_tokens=d.min_new_tokens or None,
+        **sample,
+        repetition_penalty=d.repetition_penalty,
+        no_repeat_ngram_size=0,
+        num_beams=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=list(d.stop_token_ids) or None,
+        bos_token_id=tok.bos_token_id,
+    )
 
 
 @dataclass
@@ -94,20 +113,11 @@ class PyTorchBackend:
         if self.section.torch_compile:
             model.forward = torch.compile(model.forward)
 
-        n = self.config.max_output_tokens
-        sampling = self.config.sampling
-        decode: dict[str, Any] = {"do_sample": False}
-        if sampling.temperature > 0:
-            decode = {"do_sample": True, "temperature": sampling.temperature,
-                      "top_p": sampling.top_p, "top_k": sampling.top_k or None}
-        self.generation_config = GenerationConfig(
-            max_new_tokens=n,
-            min_new_tokens=n if self.config.ignore_eos else None,
-            **decode,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=tok.bos_token_id,
-        )
+        self.decoding = decoding_for(self.config, path, tok.eos_token_id)
+        self.generation_config = generation_config(self.decoding, tok)
+        # generate() fills fields left at their defaults from the model's own generation
+        # config (a checkpoint's repetition_penalty, top_k...): give it ours, complete.
+        model.generation_config = self.generation_config
         self.tokenizer, self.model = tok, model
         torch.manual_seed(self.config.seed)
         return LoadedModel(
@@ -118,6 +128,7 @@ class PyTorchBackend:
             extra={
                 "attn_implementation": getattr(model.config, "_attn_implementation", None),
                 "torch_compile": self.section.torch_compile,
+                "decoding": self.decoding.record(),
             },
         )
 
@@ -145,7 +156,7 @@ class PyTorchBackend:
         for batch in prepared[:max_batches]:
             streamer = _TimestampStreamer(
                 len(batch.input_tokens),
-                self.tokenizer.eos_token_id,
+                self.decoding.stop_token_ids,
                 stop_at_eos=not self.config.ignore_eos,
             )
             submitted = time.perf_counter()

@@ -22,6 +22,8 @@ COMPARED = (
     "avg_power_w",
     "ttft_ms_p50",
     "itl_ms_p50",
+    "tpot_ms_p50",
+    "e2e_ms_p50",
     "peak_memory_mb",
 )
 ENVIRONMENT = ("environment.gpus", "environment.gpu_driver", "environment.cpu_model", "environment.torch",

@@ -50,6 +50,8 @@ SUMMARY_COLUMNS = (
     ("J/token vs ref", lambda r: ratio_text(r, "energy_per_output_token_j")),
     ("TTFT p50 ms", lambda r: with_ci(r, "ttft_ms_p50")),
     ("ITL p50 ms", lambda r: with_ci(r, "itl_ms_p50", 2)),
+    ("TPOT p50 ms", lambda r: with_ci(r, "tpot_ms_p50", 2)),
+    ("E2E p50 ms", lambda r: with_ci(r, "e2e_ms_p50")),
     ("peak MB", lambda r: fmt(r.get("peak_memory_mb_mean"), 0)),
 )
 

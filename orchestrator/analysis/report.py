@@ -130,10 +130,19 @@ def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+LATENCY_COLUMNS = tuple(f"{m}_ms_p{p}" for m in ("ttft", "itl", "tpot", "e2e") for p in (50, 90, 99))
+
+
+def _latency_header(column: str) -> str:
+    """`ttft_ms_p50` -> `TTFT p50 ms`, as the summary table names them."""
+    metric, unit, p = column.split("_")
+    return f"{metric.upper()} {p} {unit}"
+
+
 def _latency_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
-    cols = ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p90", "itl_ms_p99")
     return [{"index": r["experiment_index"], "label": r["label"],
-             **{c: with_ci(r, c, 2 if c.startswith("itl") else 1) for c in cols}} for _, r in summary.iterrows()]
+             **{c: with_ci(r, c, 2 if c.startswith(("itl", "tpot")) else 1) for c in LATENCY_COLUMNS}}
+            for _, r in summary.iterrows()]
 
 
 def _cost_rows(results: StudyResults) -> list[dict[str, Any]]:
@@ -281,6 +290,7 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "has_energy": has_energy,
         "summary_rows": _summary_rows(summary),
         "latency_rows": _latency_rows(summary),
+        "latency_columns": [{"key": c, "header": _latency_header(c)} for c in LATENCY_COLUMNS],
         "latency_chart": latency_chart,
         "charts": _charts(results, keys, has_energy),
         "pareto": pareto,

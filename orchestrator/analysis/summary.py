@@ -40,6 +40,12 @@ HEADLINE: tuple[tuple[str, bool], ...] = (
     ("itl_ms_p50", False),
     ("itl_ms_p90", False),
     ("itl_ms_p99", False),
+    ("tpot_ms_p50", False),
+    ("tpot_ms_p90", False),
+    ("tpot_ms_p99", False),
+    ("e2e_ms_p50", False),
+    ("e2e_ms_p90", False),
+    ("e2e_ms_p99", False),
     ("peak_memory_mb", False),
 )
 THROUGHPUT = "output_tokens_per_s"

@@ -14,7 +14,9 @@ from llenergymeasure.orchestrator.analysis import stats
 from llenergymeasure.orchestrator.study.analysis_section import Costs
 from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from llenergymeasure.orchestrator.analysis.pareto import pareto_front
+from llenergymeasure.orchestrator.analysis.formatting import fmt, summary_table
 from llenergymeasure.orchestrator.analysis.summary import metric_columns, summarise
+from llenergymeasure.orchestrator.analysis.tables import METRIC_COLUMNS
 
 
 def test_describe_matches_a_hand_computed_t_interval():
@@ -150,3 +152,31 @@ def test_noise_across_cycles_is_flagged_with_its_cv():
     loose = summarise(runs, exps, 1, max_cv=1.5).set_index("experiment_index")
     assert not loose.loc[1, "flagged"]
 
+
+
+def test_every_latency_metric_is_summarised_like_ttft_and_printed():
+    """TTFT, ITL, TPOT and E2E at p50/p90/p99 are runs.parquet columns; the summary gives each
+    n, mean, std, a 95% t interval and a ratio to the reference; the printed table shows the p50s."""
+    latency = [f"{m}_ms_p{p}" for m in ("ttft", "itl", "tpot", "e2e") for p in (50, 90, 99)]
+    assert set(latency) <= set(METRIC_COLUMNS)
+    rng = random.Random(11)
+    runs = pd.DataFrame({"experiment_index": [1, 1, 1, 2, 2, 2], "status": ["done"] * 6, "warnings": [""] * 6,
+                         **{c: [rng.uniform(10, 12) * (1 if i < 3 else 3) for i in range(6)] for c in latency}})
+    exps = [{"index": i, "id": str(i) * 64, "label": f"bs={b}", "config": {"backend": "pytorch",
+             "pytorch": {"batch_size": b}}, "swept": {"pytorch.batch_size": b}} for i, b in ((1, 1), (2, 8))]
+    s = summarise(runs, exps, 1).set_index("experiment_index")
+    for c in latency:
+        means = {}
+        for idx in (1, 2):
+            v = runs.loc[runs["experiment_index"] == idx, c]
+            means[idx] = v.mean()
+            low, high = sps.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=sps.sem(v))
+            assert s.loc[idx, f"{c}_n"] == 3 and s.loc[idx, f"{c}_mean"] == pytest.approx(v.mean()), c
+            assert s.loc[idx, f"{c}_std"] == pytest.approx(v.std(ddof=1)), c
+            assert (s.loc[idx, f"{c}_ci95_low"], s.loc[idx, f"{c}_ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+        assert s.loc[2, f"{c}_ratio"] == pytest.approx(means[2] / means[1]), c
+    headers, rows = summary_table(s.reset_index())
+    for header, c, digits in (("TTFT p50 ms", "ttft_ms_p50", 1), ("ITL p50 ms", "itl_ms_p50", 2),
+                              ("TPOT p50 ms", "tpot_ms_p50", 2), ("E2E p50 ms", "e2e_ms_p50", 1)):
+        cells = [r[headers.index(header)] for r in rows]
+        assert [cell.split(" ± ")[0] for cell in cells] == [fmt(s.loc[i, f"{c}_mean"], digits) for i in (1, 2)]

@@ -150,7 +150,8 @@ def continuous_batching(n_requests=20, cap=4, tokens=lambda i: 3 + i % 4, step=0
             running[i] += 1
             if running[i] == tokens(i):
                 del running[i]
-    return [RequestRecord(input_tokens=3, submitted_s=0.0, token_times_s=times[i]) for i in range(n_requests)]
+    return [RequestRecord(input_tokens=3, submitted_s=0.0, token_times_s=times[i], arrival_s=0.0)
+            for i in range(n_requests)]
 
 
 def in_flight(records, t):

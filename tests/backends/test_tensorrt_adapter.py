@@ -31,6 +31,7 @@ from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.metrics import compute_metrics
+from llenergymeasure.backends.harness.protocol import run_pass
 from llenergymeasure.backends.registry import BackendUnavailable, create_backend
 from llenergymeasure.backends.tensorrt.backend import (
     BUILD_FACTS_FILE,
@@ -477,7 +478,7 @@ def test_load_uses_runtime_settings_only(engine: Path) -> None:
 def _run(backend: TensorRTBackend, prompts: list[str]) -> tuple[Any, Any]:
     backend.load()
     prepared = backend.prepare(prompts)
-    return prepared, backend.generate(prepared)
+    return prepared, run_pass(backend, prepared).records  # as the harness calls it: arrivals stamped
 
 
 def test_prepare_tokenises_and_truncates(engine: Path) -> None:

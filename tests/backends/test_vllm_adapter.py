@@ -23,12 +23,18 @@ from typing import Any
 import pytest
 
 from llenergymeasure.backends.config import ExperimentConfig
+from llenergymeasure.backends.decoding import Decoding, decoding_for
 from llenergymeasure.backends.vllm.config import VLLMConfig
 from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.metrics import compute_metrics
+from llenergymeasure.backends.harness.protocol import run_pass
 from llenergymeasure.backends.registry import BackendUnavailable, create_backend
 from llenergymeasure.backends.vllm.backend import (
     LORA_INT_ID,
+    CoreStamps,
+    core_clock_is_perf_counter,
+    cpu_kv_cache,
+    kv_bytes_per_token,
     VLLMBackend,
     count_parameters,
     engine_kwargs,
@@ -172,10 +178,14 @@ class FakeVllmEngine:
         return outputs
 
 
+def recipe(config: ExperimentConfig) -> Decoding:
+    """The decoding recipe for a checkpoint that declares no EOS ids of its own."""
+    return decoding_for(config, "/no/checkpoint", EOS)
+
+
 def fake_params(config: ExperimentConfig) -> SimpleNamespace:
-    """The adapter's SamplingParams kwargs, with vLLM's defaults for what it leaves out."""
-    kw = {"min_tokens": 0, "ignore_eos": False, **sampling_kwargs(config)}
-    return SimpleNamespace(**kw)
+    """The adapter's SamplingParams kwargs (it sets every field)."""
+    return SimpleNamespace(**sampling_kwargs(recipe(config)))
 
 
 def cfg(**over: Any) -> ExperimentConfig:
@@ -225,6 +235,7 @@ def test_engine_kwargs_defaults_omit_none() -> None:
         "pipeline_parallel_size": 1,
         "enforce_eager": False,
         "seed": 7,
+        "generation_config": "vllm",
         "disable_log_stats": True,
         "use_tqdm_on_load": False,
     }
@@ -246,6 +257,7 @@ ALL_SET = {
     "pipeline_parallel_size": 3,
     "enforce_eager": True,
     "max_model_len": 2048,
+    "kv_cache_memory_bytes": 2**30,
 }
 
 
@@ -335,27 +347,28 @@ def test_no_lora_request_without_adapter() -> None:
 
 
 def test_fixed_length_sampling() -> None:
-    kw = sampling_kwargs(cfg(max_output_tokens=33))
+    kw = sampling_kwargs(recipe(cfg(max_output_tokens=33)))
     assert kw["max_tokens"] == 33 and kw["min_tokens"] == 33 and kw["ignore_eos"] is True
     assert kw["output_kind"] == "DELTA"
     assert kw["n"] == 1
 
 
-def test_ignore_eos_false_stops_at_eos() -> None:
-    kw = sampling_kwargs(cfg(max_output_tokens=33, ignore_eos=False))
+def test_ignore_eos_false_stops_at_every_stop_id() -> None:
+    kw = sampling_kwargs(recipe(cfg(max_output_tokens=33, ignore_eos=False)))
     assert kw["max_tokens"] == 33
-    assert "min_tokens" not in kw and "ignore_eos" not in kw  # vLLM defaults: 0, False
+    assert kw["min_tokens"] == 0 and kw["ignore_eos"] is False
+    assert kw["stop_token_ids"] == [EOS]
 
 
-def test_greedy_sampling() -> None:
-    kw = sampling_kwargs(cfg())
+def test_greedy_sampling_sets_every_field() -> None:
+    kw = sampling_kwargs(recipe(cfg()))
     assert kw["temperature"] == 0.0
-    assert "top_p" not in kw and "top_k" not in kw
+    assert (kw["top_p"], kw["top_k"], kw["repetition_penalty"]) == (1.0, 0, 1.0)
     assert "seed" not in kw  # engine-level seed only (see sampling_kwargs)
 
 
 def test_random_sampling() -> None:
-    kw = sampling_kwargs(cfg(sampling={"temperature": 0.7, "top_p": 0.9, "top_k": 50}))
+    kw = sampling_kwargs(recipe(cfg(sampling={"temperature": 0.7, "top_p": 0.9, "top_k": 50})))
     assert (kw["temperature"], kw["top_p"], kw["top_k"]) == (0.7, 0.9, 50)
 
 
@@ -529,7 +542,7 @@ def test_metrics_from_records() -> None:
     backend = attached(config, engine)
     prepared = backend.prepare(PROMPTS)
     t0 = time.perf_counter()
-    records = backend.generate(prepared)
+    records = run_pass(backend, prepared).records  # as the harness calls it: arrivals stamped
     duration = time.perf_counter() - t0
     m = compute_metrics(records, EnergyReading(duration_s=duration, energy_j=100.0),
                         model_load_s=1.0, peak_memory_mb=None, n_parameters=1000,
@@ -576,3 +589,107 @@ def test_count_parameters_sharded(tmp_path: Path) -> None:
         "a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
         "c": "model-00002-of-00002.safetensors"}}))
     assert count_parameters(tmp_path)[0] == 200 + 5 + 27
+
+
+# -- token timestamps from the engine core ------------------------------------------------
+
+
+class _CoreClient:
+    """An engine-core client whose outputs carry the core's own timestamps, as vLLM's
+    EngineCoreOutputs do: step k's tokens were made at `t0 + k * 0.05`."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0, self.k = t0, 0
+
+    def get_output(self) -> SimpleNamespace:
+        self.k += 1
+        return SimpleNamespace(timestamp=self.t0 + self.k * 0.05)
+
+
+@dataclass
+class CoreEngine(FakeVllmEngine):
+    """step() takes its batch from `engine_core.get_output()` first, as LLMEngine.step does."""
+
+    engine_core: Any = None
+
+    def step(self) -> list[_Output]:
+        self.engine_core.get_output()
+        return super().step()
+
+
+def test_token_times_are_the_engine_cores_own() -> None:
+    """The host sees each step's tokens late (here by at least 1 s: the core's stamps lie
+    in the past); the records carry the times the core made them, exactly."""
+    config = cfg(n_prompts=3, max_output_tokens=4)
+    core = _CoreClient(time.perf_counter() - 1.0)
+    engine = CoreEngine(max_num_seqs=4, step_s=0.0, engine_core=core)
+    stamps = CoreStamps(engine.engine_core)
+    backend = VLLMBackend(config)
+    backend.attach(engine, max_num_seqs=4, max_model_len=4096, sampling_params=fake_params(config),
+                   stamps=stamps.take)
+    records = backend.generate(backend.prepare(PROMPTS[:3]))
+    want = [core.t0 + k * 0.05 for k in range(1, 5)]
+    for rec in records:
+        assert rec.token_times_s == pytest.approx(want, abs=1e-3)
+
+
+def test_without_core_stamps_tokens_get_the_host_time() -> None:
+    config = cfg(n_prompts=2, max_output_tokens=3)
+    engine = FakeVllmEngine(step_s=0.0)
+    backend = attached(config, engine)
+    before = time.perf_counter()
+    records = backend.generate(backend.prepare(PROMPTS[:2]))
+    assert all(before <= t <= time.perf_counter() for r in records for t in r.token_times_s)
+
+
+def test_core_clock_is_perf_counters_on_linux() -> None:
+    if sys.platform.startswith("linux"):
+        assert core_clock_is_perf_counter()
+
+
+# -- the KV cache on the CPU ----------------------------------------------------------------
+
+
+def test_kv_bytes_per_token_of_the_tiny_model(tiny_model: Path) -> None:
+    # 4 layers x 4 KV heads x (256 / 8) head dim x 2 (K and V) x 4 bytes (float32)
+    assert kv_bytes_per_token(tiny_model, "float32") == 2 * 4 * 4 * 32 * 4
+    assert kv_bytes_per_token(tiny_model, "bfloat16") == 2 * 4 * 4 * 32 * 2
+    assert kv_bytes_per_token(tiny_model, "bfloat16", "fp8_e5m2") == 2 * 4 * 4 * 32
+
+
+def test_cpu_kv_cache_is_sized_for_the_workload(tiny_model: Path) -> None:
+    config = cfg(n_prompts=10, max_input_tokens=100, max_output_tokens=30, vllm={"max_num_seqs": 4})
+    kv = cpu_kv_cache(config, tiny_model, "float32", free_bytes=8 * 2**30)
+    assert kv is not None
+    assert kv.max_model_len == 130
+    # 4 sequences at once x 2 blocks of 128 tokens each, plus one block
+    assert kv.kv_cache_memory_bytes == (4 * 2 + 1) * 128 * kv_bytes_per_token(tiny_model, "float32")
+    assert "4 requests x 130 tokens" in kv.detail
+
+
+def test_cpu_kv_cache_keeps_the_studys_own_sizes(tiny_model: Path) -> None:
+    for section in ({"gpu_memory_utilization": 0.3}, {"kv_cache_memory_bytes": 2**28}):
+        assert cpu_kv_cache(cfg(vllm=section), tiny_model, "float32", free_bytes=2**34) is None
+    kv = cpu_kv_cache(cfg(n_prompts=2, vllm={"max_model_len": 512}), tiny_model, "float32", 2**34)
+    assert kv is not None and kv.max_model_len is None  # the study's own max_model_len stays
+
+
+def test_cpu_kv_cache_too_large_for_free_memory_names_the_fix(tiny_model: Path) -> None:
+    with pytest.raises(ValueError, match="vllm.max_num_seqs"):
+        cpu_kv_cache(cfg(n_prompts=1000, max_input_tokens=4000), tiny_model, "float32", free_bytes=2**26)
+
+
+# -- settings the CPU build refuses ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", ["awq_marlin", "gptq_marlin", "fp8", "modelopt", "modelopt_fp4", "mxfp4"])
+def test_cuda_only_quantisation_is_refused_on_the_cpu(quant: str) -> None:
+    section = VLLMConfig(quantization=quant)
+    problem = section.device_problem("cpu")
+    assert problem is not None and problem.startswith("vllm.quantization") and quant in problem
+    assert section.device_problem("cuda:0") is None
+
+
+def test_two_kv_cache_sizes_are_refused_on_the_cpu() -> None:
+    section = VLLMConfig(gpu_memory_utilization=0.2, kv_cache_memory_bytes=2**30)
+    assert "set one" in (section.device_problem("cpu") or "")

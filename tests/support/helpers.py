@@ -75,3 +75,25 @@ def docker_unavailable_reason() -> str | None:
     except Exception:  # noqa: BLE001
         return f"base image {LOCAL_BASE} is missing; build it with images/base/build-local-base.sh"
     return None
+
+
+def latency_percentiles(requests) -> dict[str, float | None]:
+    """TTFT, TPOT and E2E percentiles (ms) recomputed from a run's requests.parquet (a
+    DataFrame) alone, as a reader without llem would: the check that the file is enough.
+    Same definitions as backends/harness/metrics.py, written out again on purpose."""
+    import numpy as np
+
+    out: dict[str, float | None] = {}
+    r = requests[requests["output_tokens"] >= 1]
+    ttft = (r["first_token_s"] - r["arrival_s"]) * 1000
+    e2e = (r["last_token_s"] - r["arrival_s"]) * 1000
+    several = r["output_tokens"] >= 2  # TPOT needs a decode step
+    per_request = {
+        "ttft_ms": ttft,
+        "tpot_ms": (e2e - ttft)[several] / (r["output_tokens"][several] - 1),
+        "e2e_ms": e2e,
+    }
+    for name, values in per_request.items():
+        for p in (50, 90, 99):
+            out[f"{name}_p{p}"] = float(np.percentile(values, p)) if len(values) else None
+    return out
