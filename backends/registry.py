@@ -33,6 +33,9 @@ class RequestRecord:
     submitted_s: float
     token_times_s: list[float] = field(default_factory=list)
     arrival_s: float | None = None  # set by the harness, never by an adapter
+    # the generated token ids, in order (one per entry of token_times_s): lets anyone
+    # check whether two backends generated the same text for the same prompt
+    token_ids: list[int] = field(default_factory=list)
 
     @property
     def output_tokens(self) -> int:

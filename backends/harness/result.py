@@ -124,6 +124,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_token_s", "float64"),
     ("input_tokens", "int64"),
     ("output_tokens", "int64"),
+    ("output_token_ids", "list<item: int64>"),  # the generated tokens, in order
 )
 
 
@@ -137,7 +138,7 @@ def request_rows(passes: list[list[RequestRecord]], origin_s: float) -> list[dic
         {"pass_index": p, "request_index": i, "arrival_s": rel(r.arrival_s), "submitted_s": rel(r.submitted_s),
          "first_token_s": rel(r.token_times_s[0] if r.token_times_s else None),
          "last_token_s": rel(r.token_times_s[-1] if r.token_times_s else None),
-         "input_tokens": r.input_tokens, "output_tokens": r.output_tokens}
+         "input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "output_token_ids": r.token_ids}
         for p, records in enumerate(passes) for i, r in enumerate(records)
     ]
 
@@ -148,7 +149,8 @@ def write_requests(path: Path, passes: list[list[RequestRecord]], origin_s: floa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in REQUEST_COLUMNS])
+    schema = pa.schema([(name, pa.list_(pa.int64()) if kind.startswith("list") else pa.type_for_alias(kind))
+                        for name, kind in REQUEST_COLUMNS])
     table = pa.Table.from_pylist(request_rows(passes, origin_s), schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf)

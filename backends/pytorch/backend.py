@@ -26,10 +26,11 @@ from llenergymeasure.backends.registry import LoadedModel, RequestRecord, regist
 
 
 class _TimestampStreamer:
-    """Records when each row of the batch receives each output token."""
+    """Records when each row of the batch receives each output token, and which."""
 
     def __init__(self, n_rows: int, stop_ids: tuple[int, ...], stop_at_eos: bool) -> None:
         self.times: list[list[float]] = [[] for _ in range(n_rows)]
+        self.ids: list[list[int]] = [[] for _ in range(n_rows)]
         self._done = [False] * n_rows
         self._stop_ids = frozenset(stop_ids)
         self._stop_at_eos = stop_at_eos
@@ -45,6 +46,7 @@ class _TimestampStreamer:
             if self._done[row]:
                 continue  # padding after this row's EOS
             self.times[row].append(now)
+            self.ids[row].append(tok)
             if self._stop_at_eos and tok in self._stop_ids:
                 self._done[row] = True
 
@@ -165,8 +167,8 @@ class PyTorchBackend:
                     **batch.inputs, generation_config=self.generation_config, streamer=streamer
                 )
             records.extend(
-                RequestRecord(input_tokens=n_in, submitted_s=submitted, token_times_s=times)
-                for n_in, times in zip(batch.input_tokens, streamer.times)
+                RequestRecord(input_tokens=n_in, submitted_s=submitted, token_times_s=times, token_ids=ids)
+                for n_in, times, ids in zip(batch.input_tokens, streamer.times, streamer.ids)
             )
             beat()  # a long pass still shows progress to the watchdog
         return records

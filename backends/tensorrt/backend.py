@@ -484,9 +484,11 @@ async def _consume(stream: TrtStream, record: RequestRecord) -> None:
     """Stamp each new token of one streamed request as it reaches the host."""
     async for out in stream:
         now = time.perf_counter()
-        new = len(out.outputs[0].token_ids) - len(record.token_times_s)
+        ids = out.outputs[0].token_ids  # cumulative: every token so far
+        new = len(ids) - len(record.token_times_s)
         if new > 0:  # several tokens can arrive in one update: same arrival time
             record.token_times_s.extend([now] * new)
+            record.token_ids.extend(ids[-new:])
 
 
 def main(argv: list[str]) -> int:

@@ -432,17 +432,17 @@ class VLLMBackend:
         )
 
     def prepare(self, prompts: list[str]) -> _Prepared:
-        """Tokenise with the engine's tokenizer (special tokens as vLLM adds them),
-        truncated to max_input_tokens; vLLM gets the token ids and does not re-tokenise."""
+        """Tokenise with the engine's tokenizer (special tokens as vLLM adds them), keeping
+        the first max_input_tokens tokens, as the PyTorch backend does; vLLM gets the token
+        ids and does not re-tokenise. The truncation is done here, not by the tokenizer:
+        vLLM loads tokenizers with truncation_side="left" (it keeps a prompt's end), so
+        `truncation=True` would give the two backends different prompts."""
         att = self._attached
         if att is None:
             raise RuntimeError("VLLMBackend: call load() first")
         tok = att.engine.get_tokenizer()
         limit = self.config.max_input_tokens
-        ids = [
-            list(tok.encode(p, truncation=True, max_length=limit, add_special_tokens=True))
-            for p in prompts
-        ]
+        ids = [list(tok.encode(p, add_special_tokens=True))[:limit] for p in prompts]
         longest = max((len(x) for x in ids), default=0)
         if longest + self.config.max_output_tokens > att.max_model_len:
             raise ValueError(
@@ -493,8 +493,9 @@ class VLLMBackend:
                     rec = records.get(out.request_id)
                     if rec is None:
                         continue  # not one of this call's requests
-                    new = sum(len(c.token_ids) for c in out.outputs)
-                    rec.token_times_s.extend([now] * new)
+                    new = [t for c in out.outputs for t in c.token_ids]
+                    rec.token_times_s.extend([now] * len(new))
+                    rec.token_ids.extend(new)
                     if out.finished:
                         pending.discard(out.request_id)
             if pending:

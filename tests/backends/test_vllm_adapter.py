@@ -382,8 +382,8 @@ def test_prepare_truncates_and_counts_exactly() -> None:
     assert prepared.input_tokens == [3, 5, 1]  # BOS + words, truncated to 5
     assert [len(p["prompt_token_ids"]) for p in prepared.prompts] == [3, 5, 1]
     assert prepared.prompts[0]["prompt_token_ids"][0] == BOS
-    assert all(c == {"truncation": True, "max_length": 5, "add_special_tokens": True}
-               for c in engine.tokenizer.calls)
+    assert prepared.prompts[1]["prompt_token_ids"] == engine.tokenizer.encode("a b c d")  # the start is kept
+    assert all(c["add_special_tokens"] is True for c in engine.tokenizer.calls)
 
 
 def test_prepare_refuses_requests_past_max_model_len() -> None:
@@ -400,9 +400,11 @@ def test_prepare_with_a_real_hf_tokenizer(tiny_model: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model)
     engine = FakeVllmEngine(tokenizer=tok)  # type: ignore[arg-type]
     backend = attached(cfg(max_input_tokens=8), engine)
-    long = " ".join(["energy"] * 50)
+    long = " ".join(f"word{i}" for i in range(50))
+    tok.truncation_side = "left"  # as vLLM loads tokenizers: prepare() must still keep the start
     prepared = backend.prepare([long, "hi"])
     assert prepared.input_tokens[0] == 8
+    tok.truncation_side = "right"  # what the PyTorch backend gets
     assert prepared.prompts[0]["prompt_token_ids"] == tok(long, truncation=True, max_length=8)["input_ids"]
     assert prepared.input_tokens[1] == len(tok("hi")["input_ids"])
 
