@@ -87,5 +87,9 @@ def test_vllm_runs_for_real_on_the_cpu(tmp_path: Path) -> None:
     assert m["n_requests"] == 8 * m["n_passes"] and m["output_tokens"] == 8 * m["n_requests"]
     assert m["model_load_s"] > 0 and m["ttft_ms_p50"] > 0
     requests = pd.read_parquet(run_dir / "requests.parquet")
-    assert (requests["output_tokens"] == 8).all()  # ignore_eos: exactly max_output_tokens
+    # DELTA outputs counted once each: exactly max_output_tokens (ignore_eos), never a running sum
+    assert (requests["output_tokens"] == 8).all()
+    assert (requests["output_token_ids"].map(len) == 8).all()
+    # the prefix cache was emptied before warm-up and before every pass of the window
+    assert "could not reset its prefix cache" not in (run_dir / "run.log").read_text()
     assert (requests["first_token_s"] >= requests["arrival_s"]).all()
