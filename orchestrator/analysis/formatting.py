@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 
+from llenergymeasure.orchestrator.analysis.agreement import COMPARED, SAME_LENGTH
 from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from llenergymeasure.orchestrator.analysis.stats import is_missing
 
@@ -43,6 +44,20 @@ def ratio_text(r: pd.Series, m: str) -> str:
     return text
 
 
+def share_text(r: pd.Series, share: str) -> str:
+    """An agreement share as the counts behind it, `47/48` (requests whose output equals the
+    reference's / requests compared): exact, where a rounded 100% could hide one difference."""
+    value, n = r.get(share), r.get(COMPARED)
+    if is_missing(value) or is_missing(n) or not n:
+        return "n/a"
+    return f"{round(float(value) * int(n))}/{int(n)}"
+
+
+def has_agreement(summary: pd.DataFrame) -> bool:
+    """Whether any configuration's output was compared with the reference's."""
+    return SAME_LENGTH in summary and bool(summary[SAME_LENGTH].notna().any())
+
+
 SUMMARY_COLUMNS = (
     ("output tok/s", lambda r: with_ci(r, "output_tokens_per_s")),
     ("tok/s vs ref", lambda r: ratio_text(r, "output_tokens_per_s")),
@@ -58,7 +73,9 @@ SUMMARY_COLUMNS = (
 
 def summary_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The summary as text cells: one row per configuration (also the markdown export).
-    A summary without energy columns (a throughput-only publication) shows none."""
+    A summary without energy columns (a throughput-only publication) shows none. Output
+    agreement is not a column here: at 200 characters the intervals already wrap, and it is
+    in summary.parquet (csv/json) and the report's "Same output?" section."""
     energy = "energy_per_output_token_j_mean" in summary
     columns = [(h, get) for h, get in SUMMARY_COLUMNS if energy or "J/" not in h]
     headers = ["#", "settings", "runs", *(h for h, _ in columns), *(["pareto"] if energy else []), "flags"]

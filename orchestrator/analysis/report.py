@@ -20,7 +20,8 @@ from llenergymeasure.orchestrator.analysis.stats import is_missing
 from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
 from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from llenergymeasure.orchestrator.analysis.compare import load_reproduction
-from llenergymeasure.orchestrator.analysis.formatting import compare_table, ratio_text, with_ci
+from llenergymeasure.orchestrator.analysis.agreement import SAME_LENGTH, SAME_TOKENS, SAMPLING_REASON, UNAVAILABLE
+from llenergymeasure.orchestrator.analysis.formatting import compare_table, has_agreement, ratio_text, share_text, with_ci
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.analysis.headlines import headlines
 from llenergymeasure.backends.clock import utc_now
@@ -143,6 +144,48 @@ def _latency_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
     return [{"index": r["experiment_index"], "label": r["label"],
              **{c: with_ci(r, c, 2 if c.startswith(("itl", "tpot")) else 1) for c in LATENCY_COLUMNS}}
             for _, r in summary.iterrows()]
+
+
+# (metric, header, digits): the figures a cross-backend comparison turns on, in the side-by-side table
+SIDE_BY_SIDE = (
+    (THROUGHPUT, "output tokens/s", 1),
+    ("ttft_ms_p50", "TTFT p50 ms", 1),
+    ("tpot_ms_p50", "TPOT p50 ms", 2),
+    ("e2e_ms_p50", "E2E p50 ms", 1),
+    (ENERGY, "J per output token", 3),
+)
+
+
+def _side_by_side(summary: pd.DataFrame, has_energy: bool) -> dict[str, Any]:
+    """Every configuration beside the reference on throughput, median latencies and energy per
+    token, each cell the mean ± CI half-width over its ratio to the reference with its 95% CI,
+    and whether it generated the reference's tokens: one table to read a cross-backend study by."""
+    metrics = [m for m in SIDE_BY_SIDE if has_energy or m[0] != ENERGY]
+    backends = list(dict.fromkeys(str(b) for b in summary["backend"])) if not summary.empty else []
+    return {
+        "title": "Backends side by side" if len(backends) > 1 else "Configurations side by side",
+        "backends": ", ".join(backends[:-1]) + " and " + backends[-1] if len(backends) > 1 else None,
+        "columns": [{"key": m, "header": h} for m, h, _ in metrics],
+        "agreement": has_agreement(summary),
+        "rows": [{"index": r["experiment_index"], "label": r["label"], "backend": r["backend"],
+                  "reference": bool(r["is_reference"]),
+                  "cells": {m: {"value": with_ci(r, m, d), "ratio": ratio_text(r, m)} for m, _, d in metrics},
+                  "same_tokens": share_text(r, SAME_TOKENS)}
+                 for _, r in summary.iterrows()],
+    }
+
+
+def _same_output(summary: pd.DataFrame) -> dict[str, Any]:
+    """The "Same output?" section: per configuration, the requests that generated exactly the
+    reference's tokens, and those of the same length, or why they were not compared."""
+    rows = [{"index": r["experiment_index"], "label": r["label"], "backend": r["backend"],
+             "reference": bool(r["is_reference"]),
+             "tokens": share_text(r, SAME_TOKENS), "length": share_text(r, SAME_LENGTH),
+             "tokens_pct": None if is_missing(r.get(SAME_TOKENS)) else f"{float(r[SAME_TOKENS]):.0%}",
+             "why_not": r.get(UNAVAILABLE) if not is_missing(r.get(UNAVAILABLE)) else ""}
+            for _, r in summary.iterrows()]
+    sampled = UNAVAILABLE in summary and bool((summary[UNAVAILABLE] == SAMPLING_REASON).any())
+    return {"rows": rows, "sampled": sampled}
 
 
 def _cost_rows(results: StudyResults) -> list[dict[str, Any]]:
@@ -290,6 +333,8 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "has_energy": has_energy,
         "summary_rows": _summary_rows(summary),
         "latency_rows": _latency_rows(summary),
+        "side_by_side": _side_by_side(summary, has_energy),
+        "same_output": _same_output(summary),
         "latency_columns": [{"key": c, "header": _latency_header(c)} for c in LATENCY_COLUMNS],
         "latency_chart": latency_chart,
         "charts": _charts(results, keys, has_energy),

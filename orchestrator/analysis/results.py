@@ -12,6 +12,7 @@ import pandas as pd
 from llenergymeasure.orchestrator.study.analysis_section import Costs
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study_manifest
+from llenergymeasure.orchestrator.analysis.agreement import output_agreement
 from llenergymeasure.orchestrator.analysis.energy_columns import energy_published
 from llenergymeasure.orchestrator.analysis.summary import summarise
 from llenergymeasure.orchestrator.analysis.tables import run_rows
@@ -48,7 +49,7 @@ def open_study(path: Path, reference: int | None = None) -> StudyResults:
         ref = reference
     runs = pd.DataFrame(run_rows(manifest))
     summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest),
-                        max_cv=manifest.analysis.max_cv)
+                        max_cv=manifest.analysis.max_cv, agreement=output_agreement(manifest, ref))
     return StudyResults(path, manifest, runs, summary, ref, costs, sources)
 
 

@@ -3,13 +3,15 @@
 For every headline metric (and cost column, when prices are set): n, mean, std,
 coefficient of variation and a 95% Student-t interval; the ratio of means to the
 reference configuration with its 95% interval (see `orchestrator.stats`); the
-Pareto frontiers; and flags a reader must see before trusting a row.
+Pareto frontiers; whether each configuration generated the same tokens as the reference
+(`agreement.py`); and flags a reader must see before trusting a row.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pandas as pd
 
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.orchestrator.analysis import stats
+from llenergymeasure.orchestrator.analysis.agreement import COMPARED, NOT_READ, SAME_LENGTH, SAME_TOKENS, Agreement
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
 from llenergymeasure.orchestrator.study.analysis_section import DEFAULT_MAX_CV, Costs
 from llenergymeasure.orchestrator.analysis.costs import add_cost_columns
@@ -106,10 +109,13 @@ def metric_columns(costs: Costs) -> list[str]:
 
 def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_index: int = 1,
               costs: Costs | None = None, include_energy: bool = True,
-              max_cv: float = DEFAULT_MAX_CV) -> pd.DataFrame:
+              max_cv: float = DEFAULT_MAX_CV, agreement: Mapping[int, Agreement] | None = None) -> pd.DataFrame:
     """One row per experiment of the manifest (in index order), whether or not any run finished.
     `include_energy=False`: no energy, power, CO2 or Pareto columns at all. `max_cv`: above
-    this coefficient of variation across cycles, throughput or energy per token is flagged."""
+    this coefficient of variation across cycles, throughput or energy per token is flagged.
+    `agreement`: each experiment's output agreement with the reference (`agreement.py`, read
+    from the run directories), computed for this `reference_index`; without it the columns are
+    there but empty, saying so."""
     runs = runs.copy()
     for col in ("experiment_index", "status"):
         if col not in runs:  # a study with no runs
@@ -155,6 +161,7 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
                 f"{m}_ci95_low": d.ci_low, f"{m}_ci95_high": d.ci_high,
                 f"{m}_ratio": r.estimate, f"{m}_ratio_ci95_low": r.low, f"{m}_ratio_ci95_high": r.high,
             })
+        row.update((agreement or {}).get(idx, NOT_READ).model_dump())
         flags = _flags(len(ok), n_failed, len(mine) - len(ok) - n_failed,
                        _warning_codes(ok["warnings"]) if "warnings" in ok else {})
         flags += high_variance(row, max_cv)
@@ -166,6 +173,8 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
     out = pd.DataFrame(rows)
     if out.empty:
         return out
+    out[[SAME_TOKENS, SAME_LENGTH]] = out[[SAME_TOKENS, SAME_LENGTH]].astype("float64")  # all-None: still numbers
+    out[COMPARED] = out[COMPARED].astype("int64")
     for k in keys:  # parquet needs one type per column: mixed swept values become text
         raw = [flatten(e["config"]).get(k, e.get("swept", {}).get(k)) for e in experiments]
         kinds = {type(v) for v in raw if v is not None}

@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.browser import check_page, chromium_path
 from tests.support.helpers import REPO, llem
-from tests.support.recorded_study import build, recorded_result
+from llenergymeasure.orchestrator.analysis.results import open_study
+from tests.support.recorded_study import build, recorded_result, template_result
 
 ARTIFACTS = REPO / "test-artifacts"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(chromium_path() is None,
@@ -75,3 +76,19 @@ def test_report_of_a_recorded_multi_backend_study(cpu_study: Path, tmp_path: Pat
     assert "NVIDIA H100 80GB HBM3" in text and "GPU power" in text
     assert {"cost-table", "failures-table", "warnings-table"} <= set(page.dom["ids"])
     assert "GPU-time cost per million output tokens" in text and "CO2, g per million output tokens" in text
+
+
+def test_report_of_a_cross_backend_study_sets_the_backends_side_by_side(tmp_path: Path):
+    """The side-by-side and "Same output?" tables render in a browser (a hand-built template:
+    no real study needed), with the counts of requests that generated the reference's tokens."""
+    study_dir = build(tmp_path, template_result())
+    r = llem("report", str(study_dir))
+    assert r.returncode == 0, r.stderr
+    page = _render(study_dir / "report.html", "report-cross-backend")
+    text = page.dom["text"]
+    assert {"side-by-side-table", "same-output-table"} <= set(page.dom["ids"])
+    assert "Backends side by side" in text and "Same output?" in text
+    s = open_study(study_dir).summary.set_index("experiment_index")
+    for idx in s.index:
+        n, share = s.loc[idx, "same_output_requests_compared"], s.loc[idx, "same_tokens_as_reference_share"]
+        assert f"{round(share * n)}/{n}" in text

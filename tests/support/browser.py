@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -90,12 +91,15 @@ def _devtools_port(proc: subprocess.Popen[bytes], profile: Path, timeout_s: floa
 def check_page(url: str, width: int = 1280) -> PageCheck:
     binary = chromium_path()
     assert binary, "no chromium"
-    with tempfile.TemporaryDirectory(prefix="llem-chromium-") as tmp:
+    # Chromium's helper processes can still be writing the profile after the browser
+    # exits: they are killed with its process group, and what they left is not an error.
+    with tempfile.TemporaryDirectory(prefix="llem-chromium-", ignore_cleanup_errors=True) as tmp:
         profile = Path(tmp)
         proc = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
              f"--window-size={width},1000", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HOME": tmp},
+            start_new_session=True,
         )
         try:
             port = _devtools_port(proc, profile)
@@ -138,4 +142,8 @@ def check_page(url: str, width: int = 1280) -> PageCheck:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # renderers and other helpers
+            except ProcessLookupError:
+                pass
                 proc.wait()

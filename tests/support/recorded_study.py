@@ -4,8 +4,12 @@ report tests on a machine with no GPU (and no vLLM or TensorRT-LLM).
 The plan comes from a real study file through the real loader, planner and
 manifest; every result.json is the recorded CPU result re-labelled with the
 experiment's config and GPU environment, with throughput, latency and energy set
-from a simple, seeded model of the three backends. Nothing here is a measurement:
-it exercises the analysis and the report, never the harness."""
+from a simple, seeded model of the three backends. Each run also has a requests.parquet
+(written by the harness's own writer) whose generated tokens are the same on every
+backend except for the prompts in DIVERGING and SHORTER, so that output agreement with
+the reference has known answers. Nothing here is a measurement: it exercises the
+analysis and the report, never the harness. `template_result()` is a hand-built CPU
+result for tests that should not wait for a real study; `recorded_result()` reads one."""
 
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ import random
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from llenergymeasure.backends.contract import ERROR_FILE, RESULT_FILE, TIMESERIES_FILE
-from llenergymeasure.backends.harness.result import RunResult
+from llenergymeasure.backends.contract import ERROR_FILE, REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE
+from llenergymeasure.backends.harness.metrics import Metrics
+from llenergymeasure.backends.harness.result import RunResult, write_requests
+from llenergymeasure.backends.registry import RequestRecord
 from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest
 from llenergymeasure.orchestrator.study.plan import order_runs
 from llenergymeasure.orchestrator.study.load import load_study
@@ -42,9 +49,61 @@ execution: {n_cycles: 3, order: interleaved}
 MODEL = {"pytorch": (40.0, 5.0, 180.0, 260.0), "vllm": (60.0, 6.5, 200.0, 300.0), "tensorrt": (70.0, 7.0, 210.0, 310.0)}
 GPU = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-00000000-recorded-fixture"}
 
+N_PROMPTS, N_OUTPUT = (yaml.safe_load(STUDY)[k] for k in ("n_prompts", "max_output_tokens"))
+# Output agreement with PyTorch, per backend: prompts whose tokens part from PyTorch's at a
+# position (same length), and prompts that stop early (an EOS: a different length too)
+DIVERGING: dict[str, dict[int, int]] = {"pytorch": {}, "vllm": {5: 100, 17: 64}, "tensorrt": {3: 10, 5: 100}}
+SHORTER: dict[str, dict[int, int]] = {"pytorch": {}, "vllm": {}, "tensorrt": {60: 120}}
 
-def build(root: Path, template: RunResult, analysis_yaml: str = "", seed: int = 0) -> Path:
-    """Write the study directory under `root`; one run fails, one carries a warning."""
+
+def output_tokens(backend: str, prompt: int) -> list[int]:
+    """The tokens `backend` generates for `prompt` in this fixture (the same in every run)."""
+    tokens = [(prompt * 31 + k * 7) % 32000 for k in range(SHORTER[backend].get(prompt, N_OUTPUT))]
+    part = DIVERGING[backend].get(prompt)
+    if part is not None:
+        tokens[part:] = [t + 1 for t in tokens[part:]]
+    return tokens
+
+
+def write_recorded_requests(run_dir: Path, backend: str, n_passes: int = 2) -> None:
+    """requests.parquet of `n_passes` passes over the prompts, as the harness writes it."""
+    passes = []
+    for p in range(n_passes):
+        start = p * 10.0
+        passes.append([RequestRecord(input_tokens=64, submitted_s=start, arrival_s=start,
+                                     token_times_s=[start + 0.02 + 0.01 * k for k in range(len(ids))], token_ids=ids)
+                       for ids in (output_tokens(backend, i) for i in range(N_PROMPTS))])
+    write_requests(run_dir / REQUESTS_FILE, passes, 0.0)
+
+
+def template_result() -> RunResult:
+    """A hand-built CPU result of the tiny model (what `build` re-labels): every field a
+    real one has, no measurement behind any of them."""
+    metrics = {name: None for name in Metrics.model_fields} | {
+        "n_requests": N_PROMPTS, "n_passes": 1, "input_tokens": 64 * N_PROMPTS, "output_tokens": N_OUTPUT * N_PROMPTS,
+        "duration_s": 10.0, "output_tokens_per_s": 819.2, "requests_per_s": 6.4, "model_load_s": 0.5,
+        "flops_estimate": 2.0 * 3_095_552 * (64 + N_OUTPUT) * N_PROMPTS}
+    reason = "CPU energy (RAPL) cannot be read: hand-built fixture"
+    return RunResult.model_validate({
+        "experiment_id": "0" * 64, "config": {"model": "llem/tiny-llama"},
+        "resolved": {"model_path": "llem--tiny-llama", "n_parameters": 3_095_552, "device": "cpu", "dtype": "float32"},
+        "metrics": metrics, "energy_source": None, "energy_unavailable_reason": reason,
+        "energy_fallback_reason": None, "energy_per_device_j": {},
+        "cpu_energy": {"source": None, "unavailable_reason": reason, "per_domain_j": {}},
+        "sampling_coverage": None, "warnings": [],
+        "phases": {"baseline_s": 0.0, "warmup_s": 0.1, "stabilisation_s": 0.0},
+        "stabilisation": {"waited_s": 0.0, "reached": None, "detail": "CPU run: no GPU temperature or power to wait on"},
+        "baseline": None,
+        "environment": {"tool_version": "0.1.0", "tool_commit": "0" * 40, "python": "3.11.7", "cpu_model": "hand-built",
+                        "packages": {"torch": "2.0.0 (hand-built)", "transformers": "4.0.0 (hand-built)"}},
+        "started_at": "2026-01-01T00:00:00.000+00:00", "finished_at": "2026-01-01T00:00:10.000+00:00",
+    })
+
+
+def build(root: Path, template: RunResult, analysis_yaml: str = "", seed: int = 0, requests: bool = True) -> Path:
+    """Write the study directory under `root`; one run fails, one carries a warning.
+    `analysis_yaml` is appended to the study file (any top-level keys); `requests=False`:
+    no requests.parquet, as runs of an llem from before per-request records."""
     rng = random.Random(seed)
     study_file = root / "recorded-multi-backend.yaml"
     study_file.write_text(STUDY + analysis_yaml)
@@ -103,6 +162,8 @@ def build(root: Path, template: RunResult, analysis_yaml: str = "", seed: int = 
         buf = io.BytesIO()
         ts.to_parquet(buf, index=False)
         (run_dir / TIMESERIES_FILE).write_bytes(buf.getvalue())
+        if requests:
+            write_recorded_requests(run_dir, c.backend)
         manifest.update(run.run_id, "done", exit_code=0)
     write_runs_table(manifest)
     return study_dir
