@@ -2,7 +2,8 @@
 # make test                           run the test suite
 # make test-under-load                the signal/fault/Slurm tests beside a bounded CPU load
 # make setup                          create .venv with the pinned dependencies
-# make images [BACKEND=pytorch] [BASE=image]   build backend images (needs a Docker engine)
+# make setup BACKEND=vllm             also create .venv-vllm (vLLM's CPU build, its own pins)
+# make images [BACKEND=vllm] [BASE=image] [VARIANT=cpu]   build backend images (needs a Docker engine)
 PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -20,7 +21,16 @@ $(VENV)/.installed: pyproject.toml setup.py requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed
+# Backends with pins of their own (vLLM: transformers<5.18) run in .venv-<backend>, from
+# the same lock file as their CPU image; the host's CPU torch wheel is reused by pip.
+.venv-%/.installed: images/%/requirements-cpu.lock
+	rm -rf .venv-$*
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/pip install --disable-pip-version-check -q --no-deps -r $<
+	.venv-$*/bin/python -c "import $*; print('$*', $*.__version__, 'in .venv-$*')"
+	touch $@
+
+setup: $(VENV)/.installed $(if $(BACKEND),.venv-$(BACKEND)/.installed,)
 
 study: setup
 	$(BIN)/llem run $(STUDY_PATH) --runner $(RUNNER) -o $(RESULTS) $(ARGS)
@@ -31,16 +41,19 @@ dry-run: setup
 doctor: setup
 	$(BIN)/llem config
 
-# Backend images, tagged by content. BASE=<image> builds on another base
-# (e.g. the local CPU base from `make docker-base`).
-images: setup
-	$(BIN)/llem images build $(if $(BACKEND),$(BACKEND),) $(if $(BASE),--base $(BASE),)
+# Backend images, tagged by content, for this machine (without a GPU: vLLM's CPU variant,
+# and the local CPU base from `make docker-base` where the upstream base is absent).
+# BASE=<image> builds on another base, VARIANT=cuda|cpu picks the Dockerfile. Needs only
+# llem itself (.venv), not the backends' own environments.
+images: $(VENV)/.installed
+	$(BIN)/llem images build $(BACKEND) $(if $(BASE),--base $(BASE),) $(if $(VARIANT),--variant $(VARIANT),)
 
 # A local CPU stand-in for the upstream PyTorch base, from Debian packages only.
 docker-base:
 	images/base/build-local-base.sh llem-base:bookworm-cpu
 
-test: setup
+# vLLM runs for real in the tests (on the CPU), so its environment is part of test set-up.
+test: setup .venv-vllm/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 # The tests that signal, kill or time out runs (faults, Ctrl-C, Slurm, parallel runs), beside

@@ -49,33 +49,58 @@ def images_group() -> None:
 
 @images_group.command("build")
 @click.argument("backend", required=False, type=click.Choice(BACKENDS))
-@click.option("--base", default=None, help="Base image instead of the Dockerfile's pinned default.")
+@click.option("--base", default=None, help="Base image instead of the one this machine uses (the variant's "
+              "Dockerfile default; the local CPU base where there is no GPU and the upstream base is absent).")
+@click.option("--variant", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Which Dockerfile: cuda (the main image) or cpu (vLLM's CPU build). Default: cpu on a "
+                   "machine without an NVIDIA GPU where the backend has one, else cuda.")
 @guard
-def images_build(backend: str | None, base: str | None) -> None:
-    """Build BACKEND's image (default: every backend's)."""
-    from llenergymeasure.orchestrator.build.images import IMAGES, base_for, build_image, docker_client
+def images_build(backend: str | None, base: str | None, variant: str | None) -> None:
+    """Build BACKEND's image (default: every backend's) for this machine."""
+    from llenergymeasure.orchestrator.build.images import (
+        IMAGES, build_image, docker_client, host_has_gpus, machine_choice, variants,
+    )
 
     client = docker_client()
-    for name in [backend] if backend else list(IMAGES):
-        spec = IMAGES[name]
-        build_image(client, spec, base_for(spec, base), log=lambda m: click.echo(m, err=True))
+    gpus = host_has_gpus()
+    names = [backend] if backend else list(IMAGES)
+    if variant and not backend:  # every backend: the variant where a backend has it
+        names = [n for n in names if variant in variants(n)]
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    for name in names:
+        choice = machine_choice(client, name, gpus, base, variant)
+        if choice.why:
+            log(choice.why)
+        build_image(client, choice.spec, choice.base, log=log)
 
 
 @images_group.command("list")
 @guard
 def images_list() -> None:
-    """Each backend's expected tag, whether it exists here, and its id and digests."""
-    from llenergymeasure.orchestrator.build.images import IMAGES, base_for, docker_client, find_image, image_tag, stale_images
+    """Each backend's image for this machine: its tag, whether it is here (found by content,
+    whatever base it was built on), its base, and images left stale by newer content."""
+    from llenergymeasure.orchestrator.build.images import (
+        IMAGES, MAIN, REPO_ROOT, build_advice, docker_client, host_has_gpus, resolve_image, stale_images,
+    )
 
     client = docker_client()
-    for name, spec in IMAGES.items():
-        base = base_for(spec)
-        tag = image_tag(spec, base, client)
-        image = find_image(client, tag)
-        state = f"present {image.id[:19]}" if image else "missing"
-        digests = ", ".join(image.attrs.get("RepoDigests") or []) if image else ""
-        click.echo(f"{name:9} {tag:40} {state}" + (f" {digests}" if digests else ""))
-        click.echo(f"{'':9} base {base}")
+    gpus = host_has_gpus()
+    for name in IMAGES:
+        r = resolve_image(client, name, gpus)
+        spec = r.choice.spec
+        if r.image is None:
+            click.echo(f"{name:9} {r.tag:40} missing; build: {build_advice(client, r.choice, gpus)}")
+            click.echo(f"{'':9} base {r.choice.base}")
+        else:
+            digests = ", ".join(r.image.attrs.get("RepoDigests") or [])
+            click.echo(f"{name:9} {r.ref:40} present {r.image.id[:19]}" + (f" {digests}" if digests else ""))
+            click.echo(f"{'':9} base {r.base}" + (f" (found by content; {r.choice.base} has no image)"
+                                                   if r.other_base else ""))
+        if spec.variant != MAIN:
+            click.echo(f"{'':9} variant {spec.variant} ({spec.dockerfile.relative_to(REPO_ROOT)})")
         for old in stale_images(client, spec):
             click.echo(f"{'':9} stale: {', '.join(old.tags) or old.id[:19]} (built from other harness content)")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from llenergymeasure.orchestrator.build.images import base_for, build_command, find_image, image_tag, spec_for
+from llenergymeasure.orchestrator.build.images import build_advice, find_image, host_has_gpus, resolve_image
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.parallel import parallel_runner
 from llenergymeasure.orchestrator.execution.runners.base import PlanRunner, Runner
@@ -52,12 +52,14 @@ def runner_named(name: str) -> AnyRunner:
 
 
 def _missing_images(client: Any, backends: set[str]) -> list[str]:
+    """Backends with no image of the current content here (on whatever base it was built)
+    and no base to build one from, each with a build command that works on this machine."""
+    gpus = host_has_gpus()
     missing = []
     for backend in sorted(backends):
-        spec = spec_for(backend)
-        base = base_for(spec)
-        if find_image(client, image_tag(spec, base, client)) is None and find_image(client, base) is None:
-            missing.append(f"image for '{backend}' is not built (`{build_command(spec, base)}`)")
+        r = resolve_image(client, backend, gpus)
+        if r.image is None and find_image(client, r.choice.base) is None:
+            missing.append(f"image for '{backend}' is not built ({build_advice(client, r.choice, gpus)})")
     return missing
 
 

@@ -86,13 +86,20 @@ def energy_problems(study: Study, resolved: dict[int, Placement]) -> list[str]:
 
 
 def base_problems(study: Study) -> list[str]:
-    """Docker runs: every image's base referenced by digest (checked before anything is built)."""
-    from llenergymeasure.orchestrator.build.images import base_for, spec_for
+    """Docker runs: every image's base referenced by digest (checked before anything is built):
+    the base of the image a run would use here, else the base a build here would use."""
+    from llenergymeasure.orchestrator.build.images import docker_client, host_has_gpus, machine_choice, resolve_image
+    from llenergymeasure.orchestrator.errors import UserError
 
+    try:
+        client = docker_client(timeout=5)
+    except UserError:
+        client = None
+    gpus = host_has_gpus()
     out = []
     for backend in sorted({e.config.backend for e in study.experiments}):
-        spec = spec_for(backend)
-        base = base_for(spec)
+        r = resolve_image(client, backend, gpus) if client is not None else None
+        base = r.base if r is not None and r.image is not None else machine_choice(client, backend, gpus).base
         if "@sha256:" not in base:
             out.append(f"image: the {backend} image's base {base} is referenced by tag only; pin it by digest "
                        f"(name@sha256:...) in images/{backend}/Dockerfile or LLEM_BASE_IMAGE_{backend.upper()}")
@@ -100,17 +107,17 @@ def base_problems(study: Study) -> list[str]:
 
 
 def image_problems(study: Study) -> list[str]:
-    """Docker runs: every image present under the tag its content hash gives."""
-    from llenergymeasure.orchestrator.build.images import base_for, docker_client, find_image, image_tag, spec_for
+    """Docker runs: every image present with the current content (its content hash)."""
+    from llenergymeasure.orchestrator.build.images import build_advice, docker_client, host_has_gpus, resolve_image
 
     out = []
     client = docker_client(timeout=5)
+    gpus = host_has_gpus()
     for backend in sorted({e.config.backend for e in study.experiments}):
-        spec = spec_for(backend)
-        tag = image_tag(spec, base_for(spec), client)
-        if find_image(client, tag) is None:
-            out.append(f"image: {tag} is not built from the current Dockerfile, lock file and harness "
-                       f"(its content hash); build it with `llem images build {backend}`")
+        r = resolve_image(client, backend, gpus)
+        if r.image is None:
+            out.append(f"image: {r.tag} is not built from the current Dockerfile, lock file and harness "
+                       f"(its content hash); build it with {build_advice(client, r.choice, gpus)}")
     return out
 
 

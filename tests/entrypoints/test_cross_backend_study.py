@@ -51,3 +51,10 @@ def test_cross_backend_cpu_study_through_the_local_runner(tmp_path: Path, tiny_m
     if environment_for("vllm").missing():
         pytest.skip(environment_for("vllm").missing())
     check_both_backends_side_by_side(run_study("local", tmp_path / "results"))
+
+
+@pytest.mark.slow
+def test_cross_backend_cpu_study_through_the_docker_runner(tmp_path: Path, docker_image: str) -> None:
+    """One container per run: PyTorch in the CPU PyTorch image, vLLM in the CPU vLLM image
+    (built by .ci/run; the runner builds whichever is missing from the local base)."""
+    check_both_backends_side_by_side(run_study("docker", tmp_path / "results"))

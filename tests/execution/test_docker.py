@@ -90,7 +90,7 @@ def test_no_engine_is_a_clear_exit_2(tmp_path):
 
 
 def test_gpu_backend_on_a_host_without_gpus_exits_2(tmp_path):
-    f = write(tmp_path / "s.yaml", TINY + "backend: vllm\n")
+    f = write(tmp_path / "s.yaml", TINY + "backend: tensorrt\n")  # vLLM runs on the CPU now; TensorRT-LLM never
     r = llem("run", str(f), "--runner", "local", "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "needs an NVIDIA GPU" in r.stderr
 

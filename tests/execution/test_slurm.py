@@ -273,8 +273,10 @@ def test_a_node_without_the_image_fails_the_run_saying_so(docker_image):
     from llenergymeasure.orchestrator.errors import UserError
     from llenergymeasure.orchestrator.execution.runners.docker import DockerRunner
 
-    with pytest.raises(UserError, match=r"image llem-vllm:\S+ is not on .*; build it there first"):
-        DockerRunner()._image("vllm")  # what a task sees on a node where the vLLM image was never built
+    # TensorRT-LLM: an image never built on this machine (the vLLM one may be, for CI's tests)
+    with pytest.raises(UserError, match=r"image llem-tensorrt:\S+ is not on .*; build it there first "
+                                        r"with `llem images build tensorrt`"):
+        DockerRunner()._image("tensorrt")  # what a task sees on a node where the image was never built
 
 
 def test_a_node_failure_is_recorded_as_node_fail(tmp_path, tiny_model, slurm_cluster):

@@ -25,7 +25,7 @@ from llenergymeasure.backends.harness.gpu import nvml_inventory
 from llenergymeasure.orchestrator.build.engine_store import EngineBuildFailed
 from llenergymeasure.orchestrator.build.engines import build_engines, gpu_for, hold_engine, material_for
 from llenergymeasure.orchestrator.build.images import (
-    base_for, build_command, build_image, docker_client, find_image, image_tag, spec_for,
+    Resolved, build_advice, build_image, docker_client, find_image, resolve_image,
 )
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution import failures
@@ -62,7 +62,8 @@ class DockerRunner(Runner):
 
     def describe(self) -> str:
         v = self.client.version().get("Version", "?")
-        tags = ", ".join(i.ref for i in self.images.values()) or "per backend"
+        tags = ", ".join(f"{i.ref} on {i.base.split('@')[0]}" if i.base else i.ref
+                         for i in self.images.values()) or "per backend"
         return f"docker runner: a fresh container per run (engine {v}; image {tags})"
 
     def resolve_device(self, spec: str) -> str:
@@ -77,37 +78,42 @@ class DockerRunner(Runner):
             self.engines = build_engines(study.experiments, self, notify)
 
     def _prepare_image(self, backend: str, notify: Notify, build: bool) -> None:
-        spec, base, tag, image = self._find_image(backend)
+        r = self._resolve(backend)
+        choice, image, ref = r.choice, r.image, r.ref
         if image is None:
-            if find_image(self.client, base) is None:
+            if find_image(self.client, choice.base) is None:
                 raise UserError(
-                    f"backend '{backend}': image {tag} is not built and its base {base} is not "
-                    f"available locally; build it with `{build_command(spec, base)}` "
+                    f"backend '{backend}': image {r.tag} is not built and its base {choice.base} is not "
+                    f"available locally; build it with {build_advice(self.client, choice, bool(self.host_gpus))} "
                     "(or `make images`), or use --runner local"
                 )
+            if choice.why:
+                notify(choice.why)
             if not build:
-                notify(f"image {tag} for backend '{backend}' will be built from {base}")
+                notify(f"image {r.tag} for backend '{backend}' will be built from {choice.base}")
                 return
-            notify(f"building image {tag} for backend '{backend}' from {base} (once)")
-            image = build_image(self.client, spec, base, log=notify)
-        self.images[backend] = ImageInfo.of(image, tag)
+            notify(f"building image {r.tag} for backend '{backend}' from {choice.base} (once)")
+            image, ref = build_image(self.client, choice.spec, choice.base, log=notify), r.tag
+        elif r.other_base:
+            notify(f"backend '{backend}': image {ref}, built on {r.base} (found by its content; "
+                   f"{choice.base} has none)")
+        self.images[backend] = ImageInfo.of(image, ref)
 
-    def _find_image(self, backend: str) -> tuple[Any, str, str, Any]:
-        """(image spec, base, content tag, the image under that tag or None)."""
-        spec = spec_for(backend)
-        base = base_for(spec)
-        tag = image_tag(spec, base, self.client)
-        return spec, base, tag, find_image(self.client, tag)
+    def _resolve(self, backend: str) -> Resolved:
+        """The backend's image here: of the current content, on whatever base it was built
+        (build/images.py `resolve_image`; the GPU image where this host has GPUs)."""
+        return resolve_image(self.client, backend, gpus=bool(self.host_gpus))
 
     def _image(self, backend: str) -> ImageInfo:
         """The backend's image; without `prepare` (a Slurm task on a node) the one already
         there under its content tag: a node never builds one behind the study's back."""
         if backend not in self.images:
-            spec, base, tag, image = self._find_image(backend)
-            if image is None:
-                raise UserError(f"backend '{backend}': image {tag} is not on {platform.node()}; build it there "
-                                f"first with `{build_command(spec, base)}` (or `make images`)")
-            self.images[backend] = ImageInfo.of(image, tag)
+            r = self._resolve(backend)
+            if r.image is None:
+                raise UserError(f"backend '{backend}': image {r.tag} is not on {platform.node()}; build it there "
+                                f"first with {build_advice(self.client, r.choice, bool(self.host_gpus))} "
+                                "(or `make images`)")
+            self.images[backend] = ImageInfo.of(r.image, r.ref)
         return self.images[backend]
 
     def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
