@@ -13,7 +13,7 @@ RUNNER  ?= auto
 ARGS    ?=
 STUDY_PATH := $(if $(wildcard $(STUDY)),$(STUDY),studies/$(STUDY))
 
-.PHONY: setup study dry-run test test-under-load doctor images docker-base clean
+.PHONY: setup study dry-run test test-under-load doctor images docker-base gpu-check gpu-check-wheels clean
 
 $(VENV)/.installed: pyproject.toml setup.py requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,20 @@ test: setup .venv-vllm/.installed
 # two busy processes: races that only an idle machine hides fail here, not on a user's machine.
 test-under-load: setup
 	$(BIN)/python -m pytest --cpu-load 2 -m slow -k "fault or ctrl_c or slurm or parallel or interrupt" $(ARGS)
+
+# Every GPU validation in one run (issue 18); without a GPU, its CPU part. OUT=<dir> for the record.
+OUT ?= gpu-check
+gpu-check: setup
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh $(OUT) $(ARGS)
+
+# llem's dependencies as wheels for a GPU machine with no network (torch, transformers and
+# nvidia-ml-py come from that machine): build/gpu-wheels travels with the tree.
+PYVER ?= 3.12
+gpu-check-wheels:
+	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps --python-version $(PYVER) \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d build/gpu-wheels \
+	  $$(grep -E '^(pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions|pyarrow|pandas|python-dateutil|tzdata|psutil)==' requirements.lock)
+	du -sh build/gpu-wheels
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
