@@ -29,6 +29,11 @@ class BackendRow:
     # the host's: vLLM's transformers<5.18 vs the PyTorch backend's); created by
     # `make setup BACKEND=<name>` from images/<name>/requirements-cpu.lock
     own_environment: bool = False
+    # the local runner forks its runs from a launcher that pre-imported this adapter and
+    # its engine once (backends/launcher/), instead of a new interpreter per run; only for
+    # a backend in the host's own environment whose run is one process (vLLM and
+    # TensorRT-LLM start engine workers of their own, and their engine start dominates)
+    pre_imported: bool = False
 
     @property
     def adapter_module(self) -> str:
@@ -38,7 +43,7 @@ class BackendRow:
 
 TABLE: tuple[BackendRow, ...] = (
     BackendRow("pytorch", pytorch.PyTorchConfig, "transformers", gpu_only=False, continuous_batching=False,
-               lora_unsupported=pytorch.LORA_UNSUPPORTED),
+               lora_unsupported=pytorch.LORA_UNSUPPORTED, pre_imported=True),
     BackendRow("vllm", vllm.VLLMConfig, "vllm", gpu_only=False, continuous_batching=True, own_environment=True),
     BackendRow("tensorrt", tensorrt.TensorRTConfig, "tensorrt_llm", gpu_only=True, continuous_batching=True,
                lora_unsupported=tensorrt.LORA_UNSUPPORTED),

@@ -11,6 +11,7 @@ and integrated; Zeus on request. CPU source: Linux powercap RAPL.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import warnings
@@ -33,6 +34,7 @@ class EnergyReading:
     per_device_j: dict[str, float] = field(default_factory=dict)  # GPU UUID or RAPL domain -> J
     coverage: float | None = None  # polling only: samples received / expected (worst device)
     missing_samples: int | None = None  # polling only: readings that came back None
+    longest_gap_s: float | None = None  # polling only: widest hole the trapezoid bridged (worst device)
 
 
 class EnergyMeter(Protocol):
@@ -113,6 +115,16 @@ def integrate_trapezoid(samples: list[tuple[float, float | None]], t0: float, t1
     return sum((tb - ta) * (pa + pb) / 2 for (ta, pa), (tb, pb) in itertools.pairwise(pts))
 
 
+def longest_gap_s(times: list[float], t0: float | None = None, t1: float | None = None) -> float | None:
+    """Widest interval between consecutive sample times, counting the window edges t0
+    and t1 where given: the longest stretch integrate_trapezoid had to bridge. None
+    with fewer than two points."""
+    pts = sorted([*times, *(t for t in (t0, t1) if t is not None)])
+    if len(pts) < 2:
+        return None
+    return max(b - a for a, b in itertools.pairwise(pts))
+
+
 class NvmlPollingMeter:
     """GPU power polled on its own thread and integrated (trapezoid rule) over the
     window. For GPUs without the energy counter (pre-Volta, where plain power
@@ -173,10 +185,12 @@ class NvmlPollingMeter:
         per: dict[str, float] = {}
         no_power: list[str] = []
         received: list[int] = []
+        gaps: list[float] = []
         missing = 0
         for d, samples in zip(self.devices, self._samples):
             got = sum(1 for _, p in samples if p is not None)
             received.append(got)
+            gaps.append(longest_gap_s([t for t, p in samples if p is not None], self.started_at, t1) or 0.0)
             missing += len(samples) - got
             j = integrate_trapezoid(samples, self.started_at, t1)
             if j is None:
@@ -189,7 +203,8 @@ class NvmlPollingMeter:
         if no_power:  # a total missing a GPU would understate: report none
             self.unavailable_reason = f"no power reading arrived during the window from {', '.join(no_power)}"
         return EnergyReading(duration_s=duration, energy_j=energy, per_device_j=per,
-                             coverage=self.coverage, missing_samples=missing)
+                             coverage=self.coverage, missing_samples=missing,
+                             longest_gap_s=max(gaps, default=None))
 
 
 # --- Zeus --------------------------------------------------------------------------
@@ -368,6 +383,70 @@ class RaplMeter:
         return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per)
 
 
+# --- host CPU contention (RAPL is host-wide) ------------------------------------------
+
+PROC_STAT = Path("/proc/stat")
+
+
+def host_busy_s(stat: Path = PROC_STAT) -> float:
+    """CPU time every CPU of the host has spent busy since boot, in seconds: user, nice,
+    system, irq and softirq of /proc/stat's aggregate line (guest time is already inside
+    user; idle, iowait and steal are not this host's work). Inside a container /proc/stat
+    is still the host's, which is the scope RAPL measures."""
+    fields = stat.read_text().split("\n", 1)[0].split()
+    if fields[:1] != ["cpu"] or len(fields) < 8:
+        raise ValueError(f"{stat}: no aggregate cpu line")
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(proc=None) -> float:
+    """CPU time (user + system) of this process and its descendants, in seconds. Each
+    live process counts its own time and its reaped children's (cutime, cstime); a dead
+    child's time lives only in its reaper's, so nothing is counted twice and a worker
+    that exits during the window still counts."""
+    import psutil
+
+    root = proc or psutil.Process()
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:  # exited mid-walk: its time is (or will be) in its reaper's
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+class HostCpuMeter:
+    """Host CPU time used outside the run's process tree over a window: the busy time
+    of /proc/stat minus the run's own (tree_cpu_s). Feeds validity's host_contention:
+    RAPL measures the whole host, so another process's work lands in a CPU run's
+    energy_j. None where /proc/stat or the process tree can't be read (not Linux)."""
+
+    def __init__(self, host_busy: Callable[[], float] = host_busy_s,
+                 own: Callable[[], float] = tree_cpu_s) -> None:
+        self._host_busy, self._own = host_busy, own
+        self._start: tuple[float, float] | None = None
+
+    def _read(self) -> tuple[float, float] | None:
+        try:
+            return self._host_busy(), self._own()
+        except Exception:  # noqa: BLE001 - no /proc/stat (not Linux), psutil.Error: unreadable
+            return None
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> float | None:
+        """CPU-seconds other processes used since start(); clipped at 0, as the two
+        counters tick in 10 ms jiffies and can disagree by one tick per process."""
+        end = self._read()
+        if self._start is None or end is None:
+            return None
+        return max(0.0, (end[0] - self._start[0]) - (end[1] - self._start[1]))
+
+
 # --- selection -------------------------------------------------------------------
 
 
@@ -431,18 +510,22 @@ def select_cpu_meter(root: Path | None = None) -> EnergyMeter:
         return UnavailableMeter(str(e))
 
 
-def _cuda_indices(device: str) -> list[int] | None:
+def _cuda_indices(device: str, n: int) -> list[int] | None:
+    """CUDA indices of a run's n GPUs: its device and the ones after it, the same
+    GPUs gpu.cuda_uuids names (so Zeus measures what NVML opened)."""
     try:
-        return [int(device.split(":")[1])]
+        index = int(device.split(":")[1])
     except (IndexError, ValueError):
         return None
+    return list(range(index, index + n))
 
 
 def select_meter(device: str, gpus: GpuDiscovery, preference: str = "auto") -> EnergyMeter:
-    """The source for the run's inference device: RAPL for "cpu", else the GPUs'."""
+    """The source for the run's inference devices: RAPL for "cpu", else every GPU
+    the run was given (gpus: those gpu.cuda_uuids named, opened through NVML)."""
     if device == "cpu":
         return select_cpu_meter()
-    return select_gpu_meter(gpus, preference, cuda_indices=_cuda_indices(device))
+    return select_gpu_meter(gpus, preference, cuda_indices=_cuda_indices(device, len(gpus.devices)))
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 from llenergymeasure.backends import __version__, contract
 from llenergymeasure.backends.harness.gpu import GpuDiscovery
+from llenergymeasure.backends.harness.process_start import started
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "vllm", "tensorrt_llm",
              "bitsandbytes", "flash_attn", "nvidia-ml-py", "zeus")
@@ -94,12 +95,15 @@ def snapshot(gpus: GpuDiscovery) -> dict[str, Any]:
         "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus.devices],
         "gpu_driver": gpus.driver_version,
         "image": _image(),
+        # a new interpreter, or a fork of the local runner's launcher (with its checks)
+        "process_start": started().model_dump(mode="json"),
     }
     try:
         import torch
 
         env["torch_cuda"] = torch.version.cuda
         env["cuda_available"] = torch.cuda.is_available()
+        env["torch_num_threads"] = torch.get_num_threads()  # intra-op threads the run starts with
     except ImportError:
         pass
     return env

@@ -5,8 +5,9 @@ sets; without it every function here is a no-op. Grammar (comma-separated):
 
     <run id or *>:<action>[=<arg>][@<phase>]     e.g.  e02-c1:crash@load,e03-c1:sleep=60
 
-phase: `start` (default; before the harness imports torch, so hook-driven runs are
-cheap) or `load` (after the model loaded: a fault in the middle of a real run).
+phase: `start` (default; before the run begins, so hook-driven runs are cheap: a new
+interpreter has not imported torch yet) or `load` (after the model loaded: a fault in
+the middle of a real run).
 
 actions:
   crash       raise an exception (the harness writes error.json and exits 1)
@@ -16,6 +17,9 @@ actions:
   busy=S      print a line every 0.5 s for S seconds (alive, not progressing), then carry on
   hang        block forever without output (a deadlock); SIGTERM still ends it
   hang-hard   ignore SIGTERM, then block forever (stuck in native code): needs SIGKILL
+  threads=N   torch.set_num_threads(N), then carry on: a run changing a process-wide
+              setting, which no later run may inherit (tests/execution/test_launcher.py)
+  leak=MB     allocate MB MiB, touch it and keep it until the process ends, then carry on
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ ENV = "LLEM_TEST_FAULT"  # == backends.contract.ENV_TEST_FAULT (not imported: ke
 
 class InjectedFault(RuntimeError):
     """The `crash` action's exception."""
+
+
+_LEAKED: list[bytes] = []  # the `leak` action's memory, held until the process ends
 
 
 def _mine(phase: str) -> list[tuple[str, str | None]]:
@@ -62,6 +69,12 @@ def inject(phase: str) -> None:
             while time.monotonic() < end:
                 print("llem: TEST HOOK busy", file=sys.stderr, flush=True)
                 time.sleep(0.5)
+        if name == "threads":
+            import torch
+
+            torch.set_num_threads(int(arg or 1))
+        if name == "leak":
+            _LEAKED.append(b"\x01" * (int(arg or 100) * 2**20))  # written, so resident
         if name in ("hang", "hang-hard"):
             if name == "hang-hard":
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -7,6 +7,7 @@ Capabilities are discovered, not assumed: a reading a GPU doesn't offer is None.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -236,15 +237,29 @@ def discover_nvml(uuids: list[str]) -> GpuDiscovery:
     return GpuDiscovery(devices, driver_version=driver)
 
 
-def cuda_uuids(device: str) -> list[str]:
-    """NVML UUIDs of the CUDA devices this run uses (one for now)."""
-    if not device.startswith("cuda"):
-        return []
+def visible_cuda_uuids() -> list[str]:
+    """NVML UUIDs of the CUDA devices this process sees, in CUDA order (after
+    CUDA_VISIBLE_DEVICES, which the runners set to the GPUs they pinned)."""
     import torch
 
-    props = torch.cuda.get_device_properties(int(device.split(":")[1]))
-    uuid = str(props.uuid)
-    return [uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"]
+    out = []
+    for i in range(torch.cuda.device_count()):
+        uuid = str(torch.cuda.get_device_properties(i).uuid)
+        out.append(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    return out
+
+
+def cuda_uuids(device: str, n: int = 1,
+               visible: Callable[[], list[str]] = visible_cuda_uuids) -> list[str]:
+    """NVML UUIDs of the CUDA devices this run was given: its device (`cuda:I`) and the
+    n - 1 visible devices after it, the same GPUs a multi-GPU engine (tensor or pipeline
+    parallel) takes and the runners pin (runners/container.py assign_device). Fewer
+    than n when fewer are visible: the caller warns (validity.gpu_allocation_warnings)
+    rather than measure GPUs the run was not given."""
+    if not device.startswith("cuda"):
+        return []
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return visible()[index:index + n]
 
 
 def nvml_inventory() -> list[tuple[int, str, str]]:

@@ -56,6 +56,9 @@ class Metrics(BaseModel):
     # gross energy of the window on the devices doing the inference: the run's GPUs,
     # or the CPU packages + DRAM (RAPL) for a CPU run
     energy_j: float | None
+    # Derived energy figures are null when energy_j is null or <= 0: a window draws
+    # power, so a non-positive reading is a source fault (warning energy_not_positive)
+    # and a "0 J per token" would rank first in every comparison.
     energy_per_output_token_j: float | None  # energy_j / output_tokens
     energy_per_request_j: float | None  # energy_j / n_requests
     energy_per_total_token_j: float | None  # energy_j / (input_tokens + output_tokens)
@@ -63,7 +66,7 @@ class Metrics(BaseModel):
     avg_power_w: float | None  # energy_j / duration_s
     cpu_energy_j: float | None  # CPU packages + DRAM over the window (RAPL), on every run where readable
     baseline_power_w: float | None  # idle power before loading (measurement.baseline_s)
-    energy_net_j: float | None  # energy_j - baseline_power_w * duration_s
+    energy_net_j: float | None  # energy_j - baseline_power_w * duration_s (may be < 0: warning energy_net_negative)
     flops_estimate: float  # 2 x parameters x (input + output tokens); a normaliser only
     # Steady state (continuous-batching backends): requests in flight at their peak,
     # after ramp-up and before draining; energy from sampled GPU power (trapezoid).
@@ -138,6 +141,8 @@ def compute_metrics(
     in_tokens = sum(r.input_tokens for r in records)
     itl = [gap for r in records for gap in itl_s(r)]
     energy = reading.energy_j
+    # what is divided and subtracted: never a non-positive reading (see Metrics)
+    usable = energy if energy is not None and energy > 0 else None
     flops = 2.0 * n_parameters * (in_tokens + out_tokens)
     return Metrics(
         n_requests=len(records),
@@ -154,16 +159,16 @@ def compute_metrics(
         model_load_s=model_load_s,
         peak_memory_mb=peak_memory_mb,
         energy_j=energy,
-        energy_per_output_token_j=_per(energy, out_tokens),
-        energy_per_request_j=_per(energy, len(records)),
-        energy_per_total_token_j=_per(energy, in_tokens + out_tokens),
-        energy_per_flop_j=_per(energy, flops),
-        avg_power_w=_per(energy, duration),
+        energy_per_output_token_j=_per(usable, out_tokens),
+        energy_per_request_j=_per(usable, len(records)),
+        energy_per_total_token_j=_per(usable, in_tokens + out_tokens),
+        energy_per_flop_j=_per(usable, flops),
+        avg_power_w=_per(usable, duration),
         cpu_energy_j=cpu_energy_j,
         baseline_power_w=baseline_power_w,
         energy_net_j=(
-            energy - baseline_power_w * duration
-            if energy is not None and baseline_power_w is not None
+            usable - baseline_power_w * duration
+            if usable is not None and baseline_power_w is not None
             else None
         ),
         flops_estimate=flops,

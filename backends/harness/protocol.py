@@ -23,10 +23,12 @@ from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends import contract
 from llenergymeasure.backends.config import ExperimentConfig, MeasurementConfig
 from llenergymeasure.backends.devices import run_device
-from llenergymeasure.backends.harness.energy import EnergyMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter
+from llenergymeasure.backends.harness.energy import (
+    EnergyMeter, HostCpuMeter, NvmlPollingMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter,
+)
 from llenergymeasure.backends.harness.environment import snapshot
 from llenergymeasure.backends.harness import faults
-from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml
+from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml, visible_cuda_uuids
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.harness.metrics import compute_metrics
 from llenergymeasure.backends.harness.result import (
@@ -35,7 +37,10 @@ from llenergymeasure.backends.harness.result import (
 from llenergymeasure.backends.harness.sampler import Sampler
 from llenergymeasure.backends.harness.stabilise import Stabilisation, wait_for_plateau
 from llenergymeasure.backends.harness.steady_state import steady_state_window
-from llenergymeasure.backends.harness.validity import gpu_window_warnings, window_warnings
+from llenergymeasure.backends.harness.validity import (
+    energy_warnings, gap_warnings, gpu_allocation_warnings, gpu_window_warnings, host_contention_warnings,
+    window_warnings,
+)
 from llenergymeasure.backends.prompts import load_prompts
 from llenergymeasure.backends.registry import Backend, RequestRecord, create_backend
 from llenergymeasure.backends.table import backend_row
@@ -58,6 +63,18 @@ def reusable_baseline(m: MeasurementConfig, gpu_uuids: list[str]) -> Baseline | 
     if not fresh or sorted(b.devices) != sorted(gpu_uuids) or b.power_w is None:
         return None
     return b.model_copy(update={"reused": True})
+
+
+def run_gpus(device: str, n: int, visible=visible_cuda_uuids,
+             discover=discover_nvml) -> tuple[list[str], GpuDiscovery]:
+    """The GPUs a run was given (its device and the n - 1 visible after it, by UUID)
+    and those of them NVML opened. Every measurement (energy, baseline, sampler,
+    plateau, warnings) reads the opened ones; a difference between the two lists
+    is warned about (validity.gpu_allocation_warnings), never silently measured."""
+    if not device.startswith("cuda"):
+        return [], GpuDiscovery([], unavailable_reason="device is cpu")
+    allocated = cuda_uuids(device, n, visible)
+    return allocated, discover(allocated)
 
 
 def _measure_baseline(meter: EnergyMeter, seconds: float, devices: list[str]) -> Baseline:
@@ -117,16 +134,14 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
     m = config.measurement
 
     device = run_device(config.device)
-    gpus = (
-        discover_nvml(cuda_uuids(device))
-        if device.startswith("cuda")
-        else GpuDiscovery([], unavailable_reason="device is cpu")
-    )
+    allocated, gpus = run_gpus(device, config.gpus_per_run)
     environment = snapshot(gpus)
     # One source owns each measurement: the inference devices' energy, and (on GPU
     # runs) the host CPU's beside it.
     meter = select_meter(device, gpus, m.energy_source)
     cpu_meter = None if device == "cpu" else select_cpu_meter()
+    # RAPL is host-wide: on a CPU run, other processes' CPU work is in energy_j.
+    host_cpu = HostCpuMeter() if device == "cpu" else None
     uuids = [g.uuid for g in gpus.devices]
     persistence = {g.uuid: g.persistence_mode() for g in gpus.devices}
 
@@ -177,8 +192,11 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         log.info("measured window: %d prompts, at least %g s", len(prompts), m.min_window_s)
         if cpu_meter:
             cpu_meter.start()
+        if host_cpu:
+            host_cpu.start()
         with measured(meter) as window:
             passes = _window(backend, prepared, m)
+        other_cpu_s = host_cpu.stop() if host_cpu else None
         cpu_reading = cpu_meter.stop() if cpu_meter else None
         sampler.mark("window")  # closing edge sample
         sampler.phase = "done"
@@ -222,6 +240,15 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         stabilisation_detail=stab.detail, short_requests=short,
         max_output_tokens=config.max_output_tokens,
     ) + gpu_window_warnings(sampler.phase_rows("window"))
+    if device.startswith("cuda"):
+        measured_uuids = list(reading.per_device_j) if reading.per_device_j else uuids
+        warnings += gpu_allocation_warnings(config.gpus_per_run, allocated, measured_uuids)
+    warnings += energy_warnings(metrics.energy_j, metrics.energy_net_j)
+    gaps = {"sampler": (sampler.longest_gap_s("window"), m.sample_interval_s)}
+    if isinstance(meter, NvmlPollingMeter):  # energy itself was integrated over samples
+        gaps["power polling"] = (reading.longest_gap_s, meter.interval_s)
+    warnings += gap_warnings(gaps)
+    warnings += host_contention_warnings(other_cpu_s, reading.duration_s)
 
     cpu_source = cpu_meter if cpu_meter else meter
     return RunResult(
@@ -243,6 +270,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
             source=cpu_source.source,
             unavailable_reason=cpu_source.unavailable_reason,
             per_domain_j=(cpu_reading.per_device_j if cpu_reading else reading.per_device_j),
+            scope="host",
         ),
         sampling_coverage=coverage,
         warnings=warnings,

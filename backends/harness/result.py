@@ -44,6 +44,10 @@ class EnergyReport(_Strict):
     source: str | None
     unavailable_reason: str | None
     per_domain_j: dict[str, float]
+    # What the figure covers. RAPL counts every socket's packages and DRAM for every
+    # process on the host, not the run's alone: "host". (Defaulted so results written
+    # before the field existed, all RAPL and so all host-wide, still load.)
+    scope: Literal["host"] = "host"
 
 
 class StabilisationReport(_Strict):

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from llenergymeasure.backends.harness.energy import longest_gap_s
 from llenergymeasure.backends.harness.gpu import GpuDevice
 
 
@@ -114,6 +115,11 @@ class Sampler:
             return None
         got = sum(1 for r in self.rows if r["phase"] == phase and r["device"] == "process")
         return min(1.0, got / expected)
+
+    def longest_gap_s(self, phase: str) -> float | None:
+        """Widest interval between consecutive samples of a phase (the window's are
+        taken at both of its edges by mark()), the hole a trapezoid over them bridges."""
+        return longest_gap_s([r["t_s"] for r in self.rows if r["phase"] == phase and r["device"] == "process"])
 
     def write(self, path: Path) -> bool:
         if not self.rows:

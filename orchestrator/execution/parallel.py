@@ -70,6 +70,9 @@ class ParallelRunner(PlanRunner):
     def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
         self.inner.prepare(study, notify, build=build)
 
+    def close(self) -> None:
+        self.inner.close()
+
     def gpu_uuids(self, config: ExperimentConfig) -> list[str]:
         return self.inner.gpu_uuids(config)
 

@@ -29,6 +29,7 @@ from llenergymeasure.orchestrator.execution.outcome import load_result
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study_manifest
 from llenergymeasure.backends.clock import utc_now
+from llenergymeasure.backends.processes import run_dir_of
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
 
@@ -146,7 +147,7 @@ def kill_leftovers(study_dir: Path) -> list[int]:
     killed = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            run_dir = proc.environ().get(contract.ENV_RUN_DIR, "")
+            run_dir = run_dir_of(proc) or ""  # a new interpreter's, or a launcher's child's
         except (psutil.Error, OSError):
             continue
         if run_dir.startswith(root + os.sep) and proc.pid != os.getpid():

@@ -135,6 +135,7 @@ class Session:
                 self.lost = True
                 raise
             finally:
+                self.prepared.runner.close()  # e.g. the local runner's launcher: before the devices are free
                 if self._study_lock is not None:
                     self._study_lock.release()
                 devices.release()

@@ -22,6 +22,7 @@ from llenergymeasure.backends.harness.energy import (
     integrate_trapezoid, measured, select_cpu_meter, select_gpu_meter, select_meter,
 )
 from llenergymeasure.backends.harness.gpu import POWER_INSTANT, POWER_USAGE, GpuDiscovery, NvmlGpu, throttle_names
+from llenergymeasure.backends.harness.validity import gap_warnings
 from tests.support.fakes import (
     FakeGpu, at, fake_zeus_modules, make_powercap_tree, set_energy_uj, unprivileged,
 )
@@ -100,6 +101,13 @@ def test_polling_counts_missing_samples_and_bridges_the_gap():
     lo, hi = meter.started_at - gpu.t0, meter.stopped_at - gpu.t0
     # The trapezoid spans the gap between the readings around it: exact on a line.
     assert r.energy_j == pytest.approx(_ramp_integral(200, 300, lo, hi), rel=1e-3)
+    # the hole it bridged: no reading from before t=0.10 to after t=0.25
+    assert r.longest_gap_s >= gap[1] - gap[0]
+    assert codes(gap_warnings({"power polling": (r.longest_gap_s, meter.interval_s)})) == {"sampling_gap"}
+
+
+def codes(warnings):
+    return {w.split(":", 1)[0] for w in warnings}
 
 
 def test_polling_without_any_reading_reports_no_energy_and_why():

@@ -16,7 +16,11 @@ from llenergymeasure.backends.harness.protocol import reusable_baseline
 from llenergymeasure.backends.harness.result import Baseline
 from llenergymeasure.backends.harness.stabilise import wait_for_plateau
 from llenergymeasure.backends.harness.steady_state import steady_state_window
-from llenergymeasure.backends.harness.validity import CODES, gpu_window_warnings, window_warnings
+from llenergymeasure.backends.harness.energy import HostCpuMeter, host_busy_s, longest_gap_s
+from llenergymeasure.backends.harness.validity import (
+    CODES, HOST_CONTENTION_CORES, MAX_GAP_INTERVALS, POWER_CAP_SHARE, energy_warnings, gap_warnings,
+    gpu_window_warnings, host_contention_warnings, window_warnings,
+)
 from llenergymeasure.backends.registry import RequestRecord
 
 
@@ -81,6 +85,109 @@ def test_each_window_warning_triggers(over, code):
 def test_unknown_persistence_and_no_stabilisation_stay_quiet():
     assert window_warnings(**{**BASE, "persistence": {"GPU-a": None}, "stabilised": None,
                               "coverage": None}) == []
+
+
+def test_power_capping_needs_a_share_of_the_window_not_one_sample():
+    # a saturated GPU touches its cap now and then: one sample in 20 (5%) is not a warning
+    one = gpu_rows(throttle_reasons=lambda i: "sw_power_cap" if i == 7 else "")
+    assert gpu_window_warnings(one) == []
+    # held at the cap for 2 of 20 samples (10% = POWER_CAP_SHARE): warned, with the share
+    two = gpu_rows(throttle_reasons=lambda i: "sw_power_cap" if i in (3, 9) else "")
+    assert POWER_CAP_SHARE == 0.10
+    assert gpu_window_warnings(two) == ["power_capping: GPU-a: sw_power_cap in 10% of samples"]
+    # unreadable samples (None) are not in the denominator
+    unread = gpu_rows(throttle_reasons=lambda i: "sw_power_cap" if i == 0 else None if i > 4 else "")
+    assert codes(gpu_window_warnings(unread)) == {"power_capping"}  # 1 of 5 readable
+
+
+def test_non_positive_energy_and_negative_net_energy_are_warned():
+    assert codes(energy_warnings(0.0, None)) == {"energy_not_positive"}
+    assert codes(energy_warnings(-3.0, None)) == {"energy_not_positive"}
+    assert codes(energy_warnings(120.0, -4.5)) == {"energy_net_negative"}
+    assert energy_warnings(120.0, 20.0) == [] and energy_warnings(None, None) == []
+
+
+@pytest.mark.parametrize("energy_j", [0.0, -2.0])
+def test_non_positive_energy_is_not_published_per_token(energy_j):
+    recs = [RequestRecord(input_tokens=4, submitted_s=0.0, token_times_s=[0.1, 0.2], arrival_s=0.0)]
+    m = compute_metrics(recs, EnergyReading(duration_s=1.0, energy_j=energy_j), model_load_s=0,
+                        peak_memory_mb=None, n_parameters=10, baseline_power_w=5.0)
+    assert m.energy_j == energy_j  # the reading itself stays visible, beside its warning
+    assert (m.energy_per_output_token_j, m.energy_per_request_j, m.energy_per_total_token_j,
+            m.energy_per_flop_j, m.avg_power_w, m.energy_net_j) == (None,) * 6
+
+
+def test_longest_sampling_gap_counts_the_window_edges():
+    assert longest_gap_s([1.0, 1.1, 1.2, 2.5, 2.6]) == pytest.approx(1.3)
+    assert longest_gap_s([1.0, 1.1], t0=0.0, t1=3.0) == pytest.approx(1.9)  # after the last sample
+    assert longest_gap_s([1.0]) is None
+
+
+def test_a_sampling_hole_above_ten_intervals_is_warned():
+    assert MAX_GAP_INTERVALS == 10
+    # coverage can stay at 90% with one hole of a tenth of a 20 s window: 2 s of 0.1 s samples
+    times = [i * 0.1 for i in range(181) if not 100 <= i < 120]
+    gap = longest_gap_s(times)
+    assert gap == pytest.approx(2.1)
+    assert codes(gap_warnings({"sampler": (gap, 0.1)})) == {"sampling_gap"}
+    assert gap_warnings({"sampler": (1.0, 0.1), "power polling": (None, 0.01)}) == []
+
+
+# -- host contention (RAPL is host-wide) --------------------------------------------------
+
+class Counters:
+    """Synthetic /proc/stat busy time and run-tree CPU time, advanced by the test."""
+
+    def __init__(self):
+        self.host = self.own = 0.0
+
+    def advance(self, own_s, other_s):
+        self.own += own_s
+        self.host += own_s + other_s
+
+
+def test_host_contention_is_host_busy_time_minus_the_runs_own():
+    c = Counters()
+    meter = HostCpuMeter(host_busy=lambda: c.host, own=lambda: c.own)
+    meter.start()
+    c.advance(own_s=9.0, other_s=4.5)  # a 10 s window: the run used 0.9 core, others 0.45
+    other = meter.stop()
+    assert other == pytest.approx(4.5)
+    assert host_contention_warnings(other, 10.0) == [
+        "host_contention: other processes used 0.45 core-equivalents (4.5 CPU-s in 10.0 s)"]
+
+
+def test_quiet_host_and_unreadable_counters_stay_quiet():
+    assert HOST_CONTENTION_CORES == 0.10
+    c = Counters()
+    meter = HostCpuMeter(host_busy=lambda: c.host, own=lambda: c.own)
+    meter.start()
+    c.advance(own_s=9.0, other_s=0.5)  # daemons: 0.05 core over 10 s
+    assert host_contention_warnings(meter.stop(), 10.0) == []
+    meter.start()
+    c.advance(own_s=2.0, other_s=-0.02)  # jiffy rounding: never a negative share
+    assert meter.stop() == 0.0
+
+    def unreadable():
+        raise OSError("no /proc/stat")
+
+    meter = HostCpuMeter(host_busy=unreadable, own=lambda: 0.0)
+    meter.start()
+    assert meter.stop() is None and host_contention_warnings(None, 10.0) == []
+
+
+def test_host_busy_time_reads_the_aggregate_proc_stat_line(tmp_path):
+    import os
+
+    hz = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  {hz * 10} {hz} {hz * 3} {hz * 500} {hz * 7} 0 {hz} {hz * 9} 0 0\n"
+                    "cpu0 1 2 3 4 5 6 7 8 9 10\n")
+    assert host_busy_s(stat) == pytest.approx(15.0)  # idle, iowait and steal left out
+    stat.write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError):
+        host_busy_s(stat)
 
 
 def test_every_code_is_explained():

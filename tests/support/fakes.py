@@ -1,7 +1,8 @@
 """Fakes of the hardware this machine doesn't have, named as such.
 
 - FakeGpu stands in for an NVML GPU (backends.harness.gpu.GpuDevice) and replays
-  a scripted trace over wall time.
+  a scripted trace over wall time; FakeGpuInventory is a host's set of them, as CUDA
+  lists them (gpu.cuda_uuids' `visible`) and NVML opens them (gpu.discover_nvml).
 - make_powercap_tree builds real files in a real directory, laid out like Linux
   /sys/class/powercap (RAPL), for RaplMeter to read.
 - fake_zeus_modules builds stand-in `zeus` / `zeus.monitor` modules to put in
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.backends.harness.gpu import POWER_INSTANT, CounterUnsupported
+from llenergymeasure.backends.harness.gpu import POWER_INSTANT, CounterUnsupported, GpuDiscovery
 
 # A scripted quantity: a constant, a function of seconds since the fake started,
 # or steps [(t_s, value), ...] where each value holds from its t_s to the next.
@@ -111,6 +112,30 @@ class FakeGpu:
 
     def persistence_mode(self) -> bool | None:
         return self.persistence
+
+
+class FakeGpuInventory:
+    """Fake GPUs of one host. `visible` lists the UUIDs CUDA sees, in CUDA order
+    (default: every GPU; a runner's CUDA_VISIBLE_DEVICES would narrow it);
+    `discover` opens GPUs by UUID as discover_nvml does, failing on an unknown one."""
+
+    def __init__(self, gpus: list[FakeGpu], visible: list[str] | None = None) -> None:
+        self.gpus = {g.uuid: g for g in gpus}
+        self._visible = visible if visible is not None else [g.uuid for g in gpus]
+        self.opened: list[list[str]] = []
+
+    def visible(self) -> list[str]:
+        return list(self._visible)
+
+    def discover(self, uuids: list[str]) -> GpuDiscovery:
+        self.opened.append(list(uuids))
+        missing = [u for u in uuids if u not in self.gpus]
+        if missing:
+            return GpuDiscovery([], unavailable_reason=f"NVML cannot open GPU {missing[0]} (Not Found)")
+        devices = [self.gpus[u] for u in uuids]
+        for i, g in enumerate(devices):
+            g.index = i  # as discover_nvml: the position in the run's list
+        return GpuDiscovery(devices, driver_version="fake-570.00")
 
 
 # --- powercap (RAPL) ----------------------------------------------------------------

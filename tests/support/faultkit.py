@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from llenergymeasure.backends.harness.result import RunError
+from llenergymeasure.backends.processes import LAUNCHER_MODULE, run_dir_of
 from llenergymeasure.orchestrator.execution.outcome import load_result
 from llenergymeasure.orchestrator.execution.manifest import STATES
 from tests.support.helpers import REPO
@@ -130,12 +131,28 @@ def wait_hooked(study_dir: Path, run_id: str, timeout: float = 120) -> None:
 
 
 def run_processes(study_dir: Path) -> list[psutil.Process]:
-    """Live processes of this study's runs (found by the run directory in their env)."""
+    """Live processes of this study's runs, new interpreters or forked from the local runner's
+    launcher (found by their run directory: backends/processes.py)."""
     root = str(study_dir.resolve()) + os.sep
     found = []
     for p in psutil.process_iter():
         try:
-            if p.environ().get("LLEM_RUN_DIR", "").startswith(root) and p.status() != psutil.STATUS_ZOMBIE:
+            if (run_dir_of(p) or "").startswith(root) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def launchers(study_dir: Path) -> list[psutil.Process]:
+    """Live pre-imported launchers (backends/launcher/) started by any session of this study
+    (they watch the orchestrator whose pid the manifest's sessions record)."""
+    pids = {str(s["pid"]) for s in manifest(study_dir).get("sessions", [])}
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if (LAUNCHER_MODULE in p.cmdline() and p.environ().get("LLEM_PARENT_PID") in pids
+                    and p.cwd() == os.sep and p.status() != psutil.STATUS_ZOMBIE):
                 found.append(p)
         except (psutil.Error, OSError):
             continue
@@ -151,8 +168,7 @@ def containers(study_dir: Path) -> list[str]:
 def kill_run_process(study_dir: Path, run_id: str) -> None:
     """SIGKILL the run's process from outside, as the OOM killer or an admin would."""
     run_dir = str((study_dir / "runs" / run_id).resolve())
-    procs = wait_for(f"{run_id}'s process", lambda: [p for p in run_processes(study_dir)
-                                                     if p.environ().get("LLEM_RUN_DIR") == run_dir])
+    procs = wait_for(f"{run_id}'s process", lambda: [p for p in run_processes(study_dir) if run_dir_of(p) == run_dir])
     for p in procs:
         os.kill(p.pid, signal.SIGKILL)
 
@@ -201,6 +217,7 @@ def check_study(study_dir: Path, *, orchestrator_alive: bool = False, docker: bo
     if not orchestrator_alive:
         assert all(r["state"] != "running" for r in runs) or m["status"] == "running", "stale running run"
         wait_for("no orphan run processes", lambda: not run_processes(study_dir), timeout=30)
+        wait_for("no launcher outliving its orchestrator", lambda: not launchers(study_dir), timeout=30)
         if docker:
             wait_for("no orphan containers", lambda: not containers(study_dir), timeout=30)
     assert_no_secret(study_dir)

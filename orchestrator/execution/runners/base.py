@@ -10,7 +10,8 @@ outcome. There are two kinds, and a runner is one or the other by its class:
   itself: Slurm (one job array) and parallel GPUs (several runs at once).
 
 Both say which device locks a study needs on this host (`lock_keys`), which host
-GPUs an experiment's runs use (`gpu_uuids`), and get ready for a study (`prepare`).
+GPUs an experiment's runs use (`gpu_uuids`), get ready for a study (`prepare`), and
+let go of what they hold between runs when the study's session ends (`close`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.orchestrator.execution.locks import device_keys
@@ -66,6 +67,9 @@ class RunnerLost(Exception):
     once it is back. Not a failure of the run's configuration."""
 
 
+_R = TypeVar("_R", bound="RunnerBase")
+
+
 class RunnerBase(ABC):
     """What every runner offers, whichever kind it is."""
 
@@ -98,6 +102,16 @@ class RunnerBase(ABC):
         for e in study.experiments:
             keys.update(device_keys(self.gpu_uuids(e.config), placements[e.index].device))
         return sorted(keys)
+
+    def close(self) -> None:
+        """Release what the runner holds between runs (the local runner's launcher); the
+        session calls it when its runs are over, however they ended. Idempotent."""
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Runner(RunnerBase):

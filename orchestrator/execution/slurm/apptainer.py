@@ -18,7 +18,7 @@ from llenergymeasure.orchestrator.execution.runners.local import LocalRunner
 class ApptainerRunner(LocalRunner):
     name = "apptainer"
     host_environments = False  # the .sif image carries each backend's packages
-
+    pre_imports = False  # each run is `apptainer exec`: nothing here to fork it from
 
     def __init__(self, sif: str) -> None:
         super().__init__()

@@ -70,7 +70,8 @@ def _run(manifest: Manifest, run_id: str, args: argparse.Namespace, record: Task
                  stall_s=ex.get("stall_timeout_s"), **({"stop_grace_s": ex["stop_grace_s"]}
                                                       if ex.get("stop_grace_s") is not None else {}))
     try:
-        outcome = _runner(args.execute, args.sif).execute(job)
+        with _runner(args.execute, args.sif) as runner:
+            outcome = runner.execute(job)
     except UserError as e:  # this node can't run it (e.g. the image is not here): the run fails, saying why
         print(f"llem task: {e}", file=sys.stderr, flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
