@@ -19,4 +19,5 @@ MAX_COUNT = 1_000_000  # prompts, tokens per prompt, batch sizes, passes: far ab
 MAX_TOKENS = 2**31 - 1  # engine capacities (context length, tokens per step): the engines' int32
 MAX_GPUS = 1024  # tensor/pipeline-parallel sizes, GPUs or CPUs per run
 MAX_SEED = 2**32 - 1  # numpy's and torch's seed range starts at 0 and ends here
+MAX_BYTES = 2**50  # memory sizes (a KV cache): 1 PiB, far above any machine, inside int64
 MAX_SECONDS = 30 * 24 * 3600  # any duration: 30 days, well inside time.sleep's range

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from llenergymeasure.backends.limits import MAX_COUNT, MAX_GPUS, MAX_TOKENS
+from llenergymeasure.backends.limits import MAX_BYTES, MAX_COUNT, MAX_GPUS, MAX_TOKENS
 from llenergymeasure.backends.section import BackendSection
 
 VLLM_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
@@ -36,7 +36,7 @@ class VLLMConfig(BackendSection):
     # RAM reserved for the KV cache; left unset there, llem sizes the KV cache for the
     # workload instead (see backends/vllm/backend.py: cpu_kv_cache).
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    kv_cache_memory_bytes: int | None = Field(None, ge=1)  # the KV cache's size, exactly
+    kv_cache_memory_bytes: int | None = Field(None, ge=1, le=MAX_BYTES)  # the KV cache's size, exactly
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
     kv_cache_dtype: Literal[VLLM_KV_CACHE_DTYPES] = "auto"  # type: ignore[valid-type]

@@ -166,7 +166,10 @@ def _no_comparison(index: int, reference_index: int, mine: list, ref_runs: list,
 
 
 def output_agreement(manifest: Manifest, reference_index: int) -> dict[int, Agreement]:
-    """Every experiment's agreement with experiment `reference_index`, by experiment index."""
+    """Every experiment's agreement with experiment `reference_index`, by experiment index
+    (none for a study of no experiments: there is no reference)."""
+    if not manifest.experiments:
+        return {}
     done: dict[int, list[tuple[str, FirstPass | None]]] = {}
     for run in sorted(manifest.runs, key=lambda r: r.cycle):
         if run.state == "done":
