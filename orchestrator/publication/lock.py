@@ -54,16 +54,19 @@ def dataset_pins(study: Study) -> dict[str, str]:
 
 
 def image_pins(study: Study) -> dict[str, dict[str, Any]]:
-    from llenergymeasure.orchestrator.build.images import base_for, docker_client, find_image, image_tag, spec_for
+    """The image each backend's runs use, as the Docker runner resolves it (the current
+    content on whatever base it was built: the local CPU base here, the pinned upstream
+    base on a GPU machine), not the default base's tag, which may name no image at all."""
+    from llenergymeasure.orchestrator.build.images import docker_client, host_has_gpus, resolve_image
 
     client = docker_client(timeout=5)
+    gpus = host_has_gpus()
     out = {}
     for backend in sorted({e.config.backend for e in study.experiments}):
-        spec = spec_for(backend)
-        base = base_for(spec)
-        tag = image_tag(spec, base, client)
-        image = find_image(client, tag)
-        out[backend] = {"tag": tag, "id": image.id if image else None, "base": base,
+        r = resolve_image(client, backend, gpus)
+        image = r.image
+        out[backend] = {"tag": r.ref if image is not None else r.tag, "id": image.id if image else None,
+                        "base": r.base if image is not None else r.choice.base,
                         "digests": list(image.attrs.get("RepoDigests") or []) if image else []}
     return out
 

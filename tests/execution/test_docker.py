@@ -95,10 +95,18 @@ def test_gpu_backend_on_a_host_without_gpus_exits_2(tmp_path):
     assert r.returncode == 2 and "needs an NVIDIA GPU" in r.stderr
 
 
-def test_compose_defines_one_buildable_service_per_backend():
+def test_compose_defines_one_buildable_service_per_backend_image():
+    """One service per image llem builds: each backend's main image, and `<backend>-cpu`
+    (profile cpu) for each CPU variant, on the same Dockerfile."""
+    from llenergymeasure.orchestrator.build.images import CPU, IMAGES, MAIN, spec_for, variants
+
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"pytorch", "vllm", "tensorrt"}
+    expected = {(b if v == MAIN else f"{b}-{v}"): spec_for(b, v) for b in IMAGES for v in variants(b)}
+    assert set(services) == set(expected) and "vllm-cpu" in expected
+    for name, spec in expected.items():
+        assert (REPO / services[name]["build"]["context"] / services[name]["build"]["dockerfile"]) == spec.dockerfile
+        assert (services[name].get("profiles") == [CPU]) == (spec.variant == CPU), name
     for name, svc in services.items():
         ctx = REPO / svc["build"]["context"]
         assert ctx.is_dir() and (ctx / svc["build"]["dockerfile"]).is_file(), name

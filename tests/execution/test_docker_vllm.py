@@ -71,3 +71,16 @@ def test_a_vllm_study_runs_in_the_vllm_image(tmp_path, vllm_image, monkeypatch):
                                f"label=org.llenergymeasure.study={study_dir.name}"],
                               capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+def test_a_publication_lock_pins_the_image_the_runs_use(tmp_path, vllm_image):
+    """The lock records the image the Docker runner resolves (the current content on the
+    base it was built on: the local CPU base here), not the default base's tag, under which
+    no image exists on this machine, so a lock made here used to pin `id: None`."""
+    from llenergymeasure.orchestrator.publication.lock import image_pins
+    from llenergymeasure.orchestrator.study.load import load_study
+
+    study = load_study(write(tmp_path / "v.yaml", VLLM_DOCKER_STUDY))
+    pin = image_pins(study)["vllm"]
+    assert pin["id"] == vllm_image.image.id and pin["tag"] == vllm_image.ref
+    assert pin["base"] == vllm_image.base
