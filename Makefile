@@ -4,6 +4,8 @@
 # make setup                          create .venv with the pinned dependencies
 # make setup BACKEND=vllm             also create .venv-vllm (vLLM's CPU build, its own pins)
 # make images [BACKEND=vllm] [BASE=image] [VARIANT=cpu]   build backend images (needs a Docker engine)
+# make site                           archive every finished study under results/ (running the batch sweep
+#                                     when there is none) and write its static explorer to results/site/
 PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -13,7 +15,7 @@ RUNNER  ?= auto
 ARGS    ?=
 STUDY_PATH := $(if $(wildcard $(STUDY)),$(STUDY),studies/$(STUDY))
 
-.PHONY: setup study dry-run test test-under-load doctor images docker-base gpu-check gpu-check-wheels clean
+.PHONY: setup study dry-run test test-under-load doctor images docker-base gpu-check gpu-check-wheels site clean
 
 $(VENV)/.installed: pyproject.toml setup.py requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +76,18 @@ gpu-check-wheels:
 	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d build/gpu-wheels \
 	  $$(grep -E '^(pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions|pyarrow|pandas|python-dateutil|tzdata|psutil)==' requirements.lock)
 	du -sh build/gpu-wheels
+
+# The results archive and its explorer (issue 20): every finished study under $(RESULTS) is
+# added (unfinished ones are said and skipped; adding again changes nothing), then the site.
+ARCHIVE ?= $(RESULTS)/archive
+SITE    ?= $(RESULTS)/site
+site: setup
+	@ls $(RESULTS)/*/manifest.json >/dev/null 2>&1 || $(MAKE) study STUDY=batch-sweep.yaml RUNNER=$(RUNNER)
+	@for d in $(RESULTS)/*/; do \
+	  [ -f "$$d/manifest.json" ] || continue; \
+	  $(BIN)/llem archive add "$$d" --archive $(ARCHIVE) || echo "site: skipped $$d (see above)"; \
+	done
+	$(BIN)/llem site $(ARCHIVE) -o $(SITE)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

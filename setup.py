@@ -17,5 +17,6 @@ setup(
     package_data={
         "llenergymeasure.datasets": ["*.json", "*.md", "synthetic/*.txt"],
         "llenergymeasure.orchestrator.analysis": ["templates/*.j2"],
+        "llenergymeasure.orchestrator.archive": ["templates/*"],
     },
 )

@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
+from llenergymeasure.backends.gpu_settings import GpuSettings
 from llenergymeasure.backends.limits import MAX_COUNT, MAX_SECONDS, MAX_SEED, STRICT
 from llenergymeasure.backends.prompts import BUILTIN_DATASETS
 from llenergymeasure.backends.section import BackendSection
+from llenergymeasure.backends.serving.config import ServingConfig
 from llenergymeasure.backends.table import BACKENDS, TABLE, backend_row
 
 
@@ -40,21 +42,30 @@ class MeasurementConfig(_Strict):
         5.0, ge=0, le=MAX_SECONDS, description="Repeat passes over the dataset until the window is this long."
     )
     max_passes: int = Field(1000, ge=1, le=MAX_COUNT, description="Upper bound on passes for min_window_s.")
-    # Thermal stabilisation: after warm-up, wait until GPU temperature and power
-    # stay within tolerance over a trailing window (GPU runs; skipped on the CPU).
+    # Thermal stabilisation: after warm-up, run passes of the workload until GPU temperature
+    # and power stay within tolerance over a trailing window (GPU runs; skipped on the CPU).
     stabilisation_max_s: float = Field(60.0, ge=0, le=MAX_SECONDS, description="0 disables the wait.")
     stabilisation_min_s: float = Field(0.0, ge=0, le=MAX_SECONDS)
     stabilisation_window_s: float = Field(5.0, gt=0, le=MAX_SECONDS)
     stabilisation_tolerance_c: float = Field(1.0, gt=0, le=100)
     stabilisation_tolerance_w: float = Field(10.0, gt=0, le=10_000)
     baseline_s: float = Field(
-        0.0, ge=0, le=MAX_SECONDS, description="Idle power measured before loading the model (0 = skip)."
+        0.0, ge=0, le=MAX_SECONDS,
+        description="Idle power measured before loading the model (0 = skip); energy_net_j subtracts it.",
+    )
+    loaded_baseline_s: float = Field(
+        0.0, ge=0, le=MAX_SECONDS,
+        description="Idle power with the model loaded, after loading and before warm-up (0 = skip); recorded, "
+                    "not subtracted.",
     )
     baseline_reuse_s: float = Field(
         0.0, ge=0, le=MAX_SECONDS, description="Reuse an idle baseline measured this long ago in the same study."
     )
     steady_state: bool = Field(
         True, description="Also report a steady-state window (continuous-batching backends)."
+    )
+    phase_split: bool = Field(
+        False, description="Also measure a prefill-only window: prefill and decode energy (harness/phase_split.py)."
     )
 
     @model_validator(mode="after")
@@ -98,6 +109,13 @@ class _Experiment(_Strict):
     lora_adapter: str | None = Field(
         None, description="PEFT LoRA adapter directory, applied on top of model (vLLM only)."
     )
+    gpu: GpuSettings | None = Field(
+        None, description="Power limit and locked clocks, set on the run's GPUs by the orchestrator (gpu_settings.py)."
+    )
+    scenario: Literal["offline", "serving"] = Field(
+        "offline", description="offline: every request of a pass arrives at its start; serving: the backend's own "
+                               "OpenAI-compatible server under the serving: load (harness/serving.py).")
+    serving: ServingConfig | None = Field(None, description="The load of scenario: serving (backends/serving/config.py).")
 
     @field_validator("model", "dataset", "model_revision", "lora_adapter")
     @classmethod
@@ -134,6 +152,42 @@ class _Experiment(_Strict):
             setattr(self, self.backend, backend_row(self.backend).section())
         return self
 
+    @model_validator(mode="after")
+    def _gpu_levers_and_phase_split(self) -> _Experiment:
+        if self.gpu is not None and self.gpu.is_empty():
+            self.gpu = None  # `gpu: {}` (or all null) changes nothing: the same configuration, the same hash
+        if self.gpu is not None and self.device == "cpu":
+            raise ValueError("gpu: settings apply to the run's GPUs, but device is cpu; remove gpu: or use a GPU device")
+        if self.measurement.phase_split and backend_row(self.backend).continuous_batching:
+            raise ValueError(
+                f"measurement.phase_split: not offered for backend {self.backend}: a continuous-batching engine "
+                "runs one request's prefill in the same steps as others' decode, so a prefill-only window does "
+                "not measure the prefill inside a full one; split prefill and decode with backend: pytorch")
+        if self.measurement.phase_split and self.scenario != "offline":
+            raise ValueError("measurement.phase_split: needs the offline scenario (every request of a pass "
+                             "arrives at its start, so the prefill-only window replays the same batches)")
+        return self
+
+    @model_validator(mode="after")
+    def _scenario(self) -> _Experiment:
+        """A serving: section belongs to scenario: serving and back; and the backend's server
+        must be able to apply every setting given (refused here, not ignored in a run)."""
+        if self.scenario == "offline":
+            if self.serving is not None:
+                raise ValueError("serving: is set but scenario is offline; add scenario: serving or remove the "
+                                 "serving: section")
+            return self
+        if self.serving is None:
+            raise ValueError("scenario: serving needs a serving: section with at least request_rate and "
+                             "n_requests (or duration_s), e.g. serving: {request_rate: 2, n_requests: 100}")
+        row = backend_row(self.backend)
+        if row.server is None:
+            raise ValueError(f"scenario: serving is not offered for backend {self.backend}: {row.server_unsupported}")
+        problem = row.server.problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     @property
     def backend_section(self) -> BackendSection:
         return getattr(self, self.backend)
@@ -144,7 +198,10 @@ class _Experiment(_Strict):
         return self.backend_section.gpus_per_run
 
     def canonical_json(self) -> str:
-        return canonical_json(self.model_dump(mode="json", exclude_none=True))
+        d = self.model_dump(mode="json", exclude_none=True)
+        if d.get("scenario") == "offline":
+            del d["scenario"]  # the default, left out: offline configurations keep the hash they had before it
+        return canonical_json(d)
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()

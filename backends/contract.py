@@ -23,6 +23,9 @@ ENV_TRT_ENGINE_DIR = "LLEM_TRT_ENGINE_DIR"  # prebuilt TensorRT-LLM engine a run
 ENV_TRT_ENGINE_OUT = "LLEM_TRT_ENGINE_OUT"  # where an engine build writes its files
 ENV_PARENT_PID = "LLEM_PARENT_PID"  # the local runner's pid: a run outliving it stops itself
 ENV_TEST_FAULT = "LLEM_TEST_FAULT"  # TEST HOOK only (backends/harness/faults.py); never set by llem
+# TEST HOOK only: a fake powercap tree (tests/support/fakes.py) for runs in their own processes,
+# on machines without RAPL; never set by llem (backends/harness/energy.py select_cpu_meter)
+ENV_TEST_POWERCAP_ROOT = "LLEM_TEST_POWERCAP_ROOT"
 
 # Secrets: passed to runs through the environment only, never written anywhere.
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

@@ -53,6 +53,15 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AdapterWarning:
+    """Something an adapter saw go wrong that the result must carry: a validity warning
+    (`code` is one of harness/validity.py's CODES), which the harness adds to the run's."""
+
+    code: str
+    detail: str
+
+
 class Backend(Protocol):
     """A loaded-once, generate-many engine driven by the harness."""
 
@@ -71,6 +80,13 @@ class Backend(Protocol):
 
     def synchronize(self) -> None:
         """Wait until the device has finished all queued work."""
+        ...
+
+    def run_warnings(self) -> list[AdapterWarning]:
+        """What went wrong in this adapter's calls so far that makes the measurement
+        suspect ([] when nothing did); the harness reads it after the measured window.
+        Only the adapter can see these (e.g. its engine refusing to reset a cache), and a
+        log line is not enough: the result must say so."""
         ...
 
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llenergymeasure.backends.pytorch import config as pytorch
+from llenergymeasure.backends.pytorch import server as pytorch_server
 from llenergymeasure.backends.section import BackendSection
+from llenergymeasure.backends.serving.spec import ServerSpec
 from llenergymeasure.backends.tensorrt import config as tensorrt
+from llenergymeasure.backends.tensorrt import server as tensorrt_server
 from llenergymeasure.backends.vllm import config as vllm
+from llenergymeasure.backends.vllm import server as vllm_server
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class BackendRow:
     # a backend in the host's own environment whose run is one process (vLLM and
     # TensorRT-LLM start engine workers of their own, and their engine start dominates)
     pre_imported: bool = False
+    # the serving scenario: how to start this backend's own OpenAI-compatible server
+    # (backends/<name>/server.py); None, with server_unsupported saying why, for a backend without one
+    server: ServerSpec | None = None
+    server_unsupported: str | None = None
 
     @property
     def adapter_module(self) -> str:
@@ -43,10 +51,11 @@ class BackendRow:
 
 TABLE: tuple[BackendRow, ...] = (
     BackendRow("pytorch", pytorch.PyTorchConfig, "transformers", gpu_only=False, continuous_batching=False,
-               lora_unsupported=pytorch.LORA_UNSUPPORTED, pre_imported=True),
-    BackendRow("vllm", vllm.VLLMConfig, "vllm", gpu_only=False, continuous_batching=True, own_environment=True),
+               lora_unsupported=pytorch.LORA_UNSUPPORTED, pre_imported=True, server=pytorch_server.SERVER),
+    BackendRow("vllm", vllm.VLLMConfig, "vllm", gpu_only=False, continuous_batching=True, own_environment=True,
+               server=vllm_server.SERVER),
     BackendRow("tensorrt", tensorrt.TensorRTConfig, "tensorrt_llm", gpu_only=True, continuous_batching=True,
-               lora_unsupported=tensorrt.LORA_UNSUPPORTED),
+               lora_unsupported=tensorrt.LORA_UNSUPPORTED, server=tensorrt_server.SERVER),
 )
 
 BACKENDS: tuple[str, ...] = tuple(r.name for r in TABLE)

@@ -11,6 +11,10 @@ Checks (targets from the issue):
   peak_memory_vs_smi      llem's peak_memory_mb vs nvidia-smi's memory.used polled beside it
   throttle_reasons        llem's throttle reasons in the window vs nvidia-smi's
   multi_device_path       the per-device energy path (a list of GPUs) on the one GPU
+  power_limit_sweep       two llem runs at two power limits (the GPU's maximum and 70 % of it),
+                          set and restored through llem's gpu: settings path; the limit read
+                          back in each window must be the one set, and the original restored.
+                          A machine that refuses setting limits (no root) records the refusal
 
 Without a GPU (CI, `--quick`) the GPU checks are reported as skipped with the reason and
 the cycles run on the CPU with the tiny model, so the script itself is exercised.
@@ -134,11 +138,11 @@ def counter_vs_polling(gpus: Any, seconds: float, windows: int) -> list[Check]:
     ]
 
 
-def cycles(model: str, device: str, n: int, window_s: float, out: Path) -> list[dict]:
+def cycles(model: str, device: str, n: int, window_s: float, out: Path, gpu: dict | None = None) -> list[dict]:
     results = []
     for i in range(n):
         cfg = ExperimentConfig(model=model, device=device, n_prompts=32, max_input_tokens=128, max_output_tokens=64,
-                               pytorch={"batch_size": 8},
+                               pytorch={"batch_size": 8}, gpu=gpu,
                                measurement={"min_window_s": window_s, "warmup_batches": 1, "baseline_s": 0})
         run_dir = out / f"cycle-{i + 1}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +187,49 @@ def cycle_checks(results: list[dict], smi: SmiPoller | None, on_gpu: bool) -> li
     return checks
 
 
+def power_limit_sweep(model: str, uuid: str, window_s: float, out: Path, opener: Any = None) -> list[Check]:
+    """One llem run at the GPU's maximum power limit and one at 70 % of it, each limit set
+    and put back by llem's own gpu: path (RunLevers), as `gpu.power_limit_w` in a study.
+    `opener`: the GPU control (default NVML's; a test passes a fake)."""
+    from llenergymeasure.backends.gpu_settings import GpuSettings
+    from llenergymeasure.orchestrator.errors import UserError
+    from llenergymeasure.orchestrator.execution.gpu_control import ControlUnavailable, NvmlGpuControl
+    from llenergymeasure.orchestrator.execution.gpu_levers import LeverPlan, RunLevers
+
+    name, target = "power_limit_sweep", "read back = set; restored"
+    try:
+        control = (opener or NvmlGpuControl)()
+        limits = control.constraints(uuid).power_limit_w
+        if limits is None:
+            return [Check(name, "skipped", None, "-", "the GPU reports no power limit range (NVML)")]
+        original = control.state(uuid).power_limit_w
+        LeverPlan(control, {uuid: {"power_limit_w"}}).probe()  # permission, changing nothing
+    except (ControlUnavailable, UserError) as e:
+        return [Check(name, "skipped", None, "-", f"this machine refuses setting power limits: {e}")]
+    lo, hi = limits
+    points, rows, ok = [hi, max(lo, round(hi * 0.7))], [], True
+    for watts in points:
+        levers = RunLevers(control, GpuSettings(power_limit_w=watts), [uuid])
+        levers.apply()
+        try:
+            r = cycles(model, "cuda:0", 1, window_s, out / f"power-{watts:g}w", gpu={"power_limit_w": watts})[0]
+        finally:
+            levers.restore()
+        enforced = r["gpu_readback"][0]["power_limit_w"] if r["gpu_readback"] else None
+        ok &= enforced is not None and abs(enforced - watts) <= 1.0
+        m = r["metrics"]
+        rows.append((watts, enforced, m["energy_per_output_token_j"], m["output_tokens_per_s"], m["avg_power_w"]))
+    restored = control.state(uuid).power_limit_w
+    ok &= restored == original
+    e_hi, e_lo = rows[0][2], rows[1][2]
+    ratio = e_lo / e_hi if e_hi and e_lo else None
+    detail = "; ".join(f"set {w:g} W, read back {e} W: {j} J/token, {t:.1f} tok/s, {p} W average"
+                       for w, e, j, t, p in rows) + f"; restored to {restored} W (was {original} W)"
+    return [Check(name, "pass" if ok else "fail", ratio, target,
+                  f"J/token at the lower limit / at the maximum = {ratio if ratio is None else round(ratio, 3)}; "
+                  + detail)]
+
+
 def markdown(record: dict) -> str:
     lines = [f"GPU check {record['finished_at']} on {record['machine']} (`{record['command']}`)", "",
              "| check | status | value | target | detail |", "|---|---|---|---|---|"]
@@ -214,9 +261,10 @@ def main() -> int:
             with SmiPoller() as smi:
                 results = cycles(model, "cuda:0", 5, window_s, args.out / "runs")
             checks += cycle_checks(results, smi, on_gpu=True)
+            checks += power_limit_sweep(model, gpus.devices[0].uuid, window_s, args.out / "power-limit-sweep")
         else:
             reason = "no NVIDIA GPU (NVML found none)" if not inventory else "nvidia-smi is missing"
-            for name in ("counter_vs_polling", "multi_device_path"):
+            for name in ("counter_vs_polling", "multi_device_path", "power_limit_sweep"):
                 checks.append(Check(name, "skipped", None, "-", reason))
             results = cycles("llem/tiny-llama", "cpu", 3, 1.0 if args.quick else window_s, args.out / "runs")
             checks += cycle_checks(results, None, on_gpu=False)

@@ -28,6 +28,7 @@ from llenergymeasure.orchestrator.build.images import image_status
 from llenergymeasure.orchestrator.errors import Failure, UserError
 from llenergymeasure.orchestrator.execution import resume as resuming
 from llenergymeasure.orchestrator.execution.choose_runner import choose_runner
+from llenergymeasure.orchestrator.execution.gpu_levers import check_levers
 from llenergymeasure.orchestrator.execution.locks import lock_dir, lock_study_dir
 from llenergymeasure.orchestrator.execution.manifest import AnalysisRecord, Manifest, open_study_manifest
 from llenergymeasure.orchestrator.execution.recording import LoopResult, resume_hint
@@ -38,10 +39,10 @@ from llenergymeasure.orchestrator.execution.signals import Interrupted, describe
 from llenergymeasure.orchestrator.execution.slurm import followup
 from llenergymeasure.orchestrator.notify import Notify
 from llenergymeasure.orchestrator.publication import checks as publication
-from llenergymeasure.orchestrator.publication.lock import pins, verify_lock, write_bundle
+from llenergymeasure.orchestrator.publication.lock import pins, record_cycles_run, verify_lock, write_bundle
 from llenergymeasure.orchestrator.study.analysis_section import merged_costs
 from llenergymeasure.orchestrator.study.load import load_study
-from llenergymeasure.orchestrator.study.plan import PlannedRun, order_runs
+from llenergymeasure.orchestrator.study.plan import PlannedRun, plan_for
 from llenergymeasure.orchestrator.study.preflight import check_study
 from llenergymeasure.orchestrator.study.size import confirm_run_count
 from llenergymeasure.orchestrator.study.spec import Publication, Study
@@ -130,9 +131,9 @@ def _run(study_file: Path | None, options: RunOptions, resumed: Manifest | None)
     if resumed is None and not options.dry_run:
         check_output_root(Path(options.output))  # a bad -o: exit 2 before anything is created
         # a very large study is confirmed before anything is built or its plan printed
-        ex = study.execution
-        confirm_run_count(len(study.experiments) * ex.n_cycles, len(study.experiments), ex.n_cycles, options.yes,
-                          options.confirm)
+        ex = study.execution  # n_cycles: auto is confirmed at its most, max_cycles
+        confirm_run_count(len(study.experiments) * ex.most_cycles, len(study.experiments), ex.most_cycles,
+                          options.yes, options.confirm)
     prepared = _prepare(study, options, resumed, term.notify)
     term.print_plan(prepared)
     if options.dry_run:
@@ -205,21 +206,23 @@ def _prepare(study: Study, options: RunOptions, resumed: Manifest | None, notify
     if pub is not None:
         publication.check_pins(study, runner)
     placements = check_study(study, runner, notify=notify, strict=not options.dry_run)
+    levers = check_levers(study, runner, placements, strict=not options.dry_run, notify=notify)
     if not options.dry_run and runner.lock_keys(study, placements):
         lock_dir()  # a bad $LLEM_LOCK_DIR: exit 2 now, before images and engines are built
     if pub is not None:
         publication.check_energy(study, placements)
-    prepared = PreparedStudy(study, [], runner, placements)
+    prepared = PreparedStudy(study, [], runner, placements, levers=levers)
     if not options.dry_run or prepared.runnable:
         runner.prepare(study, notify, build=not options.dry_run)
     if pub is not None:
         publication.check_images(study, runner)
-    ex = study.execution
-    prepared.plan = order_runs(len(study.experiments), ex.n_cycles, ex.order, ex.shuffle_seed)
+    prepared.plan = plan_for(len(study.experiments), study.execution)
     if resumed is not None:
         resuming.check_plan(resumed, study, prepared.plan)
     if study.lock is not None and not options.dry_run:
-        verify_lock(study, prepared.plan, runner.name)
+        verify_lock(study, prepared.plan, runner.name)  # the plan it starts with: auto's cycles are decided anew
+    if resumed is not None and study.execution.auto:  # with the cycles added so far, which resume may finish
+        prepared.plan = resumed.planned()
     if runner.name == "docker" or options.dry_run:
         prepared.images = image_status({e.config.backend for e in study.experiments})
     prepared.engines = _engines(prepared, notify)
@@ -264,6 +267,9 @@ def _resume_preview(resumed: Manifest | None, retry_failed: bool) -> str | None:
 
 def _finish(result: StudyRun, manifest: Manifest, loop: LoopResult, term: Terminal) -> StudyRun:
     """finish: the study's tables, summary and report, and what to do next."""
+    _record_cycles_run(result.study, manifest, term.notify)
+    if result.study.execution.auto:
+        result.plan = manifest.planned()  # with the cycles it added
     finished = _finish_and_print(manifest, term)
     result.study_dir, result.failed, result.stopped = manifest.study_dir, loop.failed, loop.stopped
     result.unfinished, result.unwritten = manifest.unfinished(), finished.unwritten
@@ -272,6 +278,17 @@ def _finish(result: StudyRun, manifest: Manifest, loop: LoopResult, term: Termin
         term.notify(f"{loop.stopped}. Fix the cause, then continue: {resume_hint(manifest)}"
                     + (" (add --retry-failed to run the failed ones again)" if manifest.counts()["failed"] else ""))
     return result
+
+
+def _record_cycles_run(study: Study, manifest: Manifest, notify: Notify) -> None:
+    """A publication study with n_cycles: auto: its lock says how many cycles each configuration ran."""
+    if study.execution.publication is None or not study.execution.auto or not manifest.layout.study_lock.is_file():
+        return
+    try:
+        record_cycles_run(manifest)
+    except OSError as e:  # the manifest keeps the record; the next --resume writes the lock again
+        notify(f"warning: {manifest.layout.study_lock.name} could not record the cycles run ({e.strerror or e}); "
+               f"`llem run --resume {manifest.study_dir}` writes it again")
 
 
 def _finish_and_print(manifest: Manifest, term: Terminal) -> Finished:

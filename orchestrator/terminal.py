@@ -97,7 +97,9 @@ class Progress:
         self.durations: dict[int, list[float]] = {}  # experiment index -> its finished runs' seconds
 
     def begin(self, todo: list[PlannedRun], planned: int) -> None:
-        self.todo, self.total, self.planned = list(todo), len(todo), planned
+        """Called again with each cycle n_cycles: auto adds: its runs count on after the others."""
+        self.todo.extend(todo)
+        self.total, self.planned = len(self.todo), planned
 
     def _left(self) -> str:
         """`, ~M:SS left, ends ~HH:MM UTC` from the runs still to do (this one included), once a
@@ -159,8 +161,12 @@ class Terminal:
     # -- the plan
     def _plan_header(self, study: Study, n_runs: int, runner: str) -> None:
         ex = study.execution
-        self.out.print(f"[bold]{study.name}[/bold]: {len(study.experiments)} experiment(s) x {ex.n_cycles} "
-                       f"cycle(s) = {n_runs} run(s), order {ex.order}"
+        n_exp = len(study.experiments)
+        runs = f"{n_runs} run(s)"
+        if ex.auto:  # a resumed study's plan has the cycles it added so far
+            runs += f" {'first' if n_runs == n_exp * ex.first_cycles else 'so far'}, at most {n_exp * ex.max_cycles}"
+        self.out.print(f"[bold]{study.name}[/bold]: {n_exp} experiment(s) x {ex.describe_cycles()} "
+                       f"{'' if ex.auto else 'cycle(s) '}= {runs}, order {ex.order}"
                        + (f" (seed {ex.shuffle_seed})" if ex.order == "shuffled" else ""))
         self.notify(f"runs on: {runner}")
         if ex.gap_between_runs_s or ex.gap_between_cycles_s:
@@ -193,6 +199,11 @@ class Terminal:
         order = [r.run_id if r is not None else f"... ({len(prepared.plan) - 2 * SHOWN} more) ..."
                  for r in shown(prepared.plan)]
         self.notify("order: " + " ".join(order))
+        ex = study.execution
+        if ex.auto:
+            self.notify(f"n_cycles auto: then one more cycle at a time of only the configurations whose 95% CI of "
+                        f"throughput or energy per token is wider than ±{ex.target_ci_pct:g}%, up to "
+                        f"{ex.max_cycles} cycles")
 
     def print_dry_run(self, placements: dict[int, Placement], resume_preview: str | None) -> None:
         problems: dict[str, list[int]] = {}

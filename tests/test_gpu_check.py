@@ -15,7 +15,7 @@ import pytest
 from tests.support.helpers import REPO
 
 GPU_CHECKS = {"counter_vs_polling", "multi_device_path", "energy_per_token_cv", "plateau_under_load",
-              "peak_memory_vs_smi", "throttle_reasons"}
+              "peak_memory_vs_smi", "throttle_reasons", "power_limit_sweep"}
 
 
 @pytest.mark.slow

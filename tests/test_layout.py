@@ -27,6 +27,7 @@ ROOTS = {"llenergymeasure.orchestrator": REPO / "orchestrator", "llenergymeasure
 O = "llenergymeasure.orchestrator"
 LAYERS = [  # top first
     ("entry points", (f"{O}.api", f"{O}.cli", f"{O}.terminal")),
+    ("archive", (f"{O}.archive",)),
     ("publication", (f"{O}.publication",)),
     ("analysis", (f"{O}.analysis",)),
     ("execution", (f"{O}.execution",)),
@@ -114,7 +115,8 @@ def test_the_wheel_installs_one_package_under_one_name(tmp_path):
     added = set(os.listdir(site)) - before
     assert {a for a in added if not a.endswith(".dist-info")} == {"llenergymeasure"}, added
     for rel in ("backends/__main__.py", "backends/table.py", "orchestrator/cli/__init__.py", "datasets/aienergyscore.json",
-                "datasets/synthetic/words.txt", "orchestrator/analysis/templates/report.html.j2"):
+                "datasets/synthetic/words.txt", "orchestrator/analysis/templates/report.html.j2",
+                "orchestrator/archive/templates/site.html.j2", "orchestrator/archive/templates/site.js"):
         assert (site / "llenergymeasure" / rel).is_file(), rel
     assert (venv / "bin" / "llem").is_file()
     # dependencies from this project's environment, the package itself from the fresh venv

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from llenergymeasure.backends import contract
 from llenergymeasure.backends.harness.gpu import CounterUnsupported, GpuDevice, GpuDiscovery
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
@@ -35,6 +36,16 @@ class EnergyReading:
     coverage: float | None = None  # polling only: samples received / expected (worst device)
     missing_samples: int | None = None  # polling only: readings that came back None
     longest_gap_s: float | None = None  # polling only: widest hole the trapezoid bridged (worst device)
+    # NVML counter only (NvmlCounterMeter): edges that could not be stamped at a counter
+    # update (e.g. "start: GPU-a"), GPUs whose counter did not advance over the window (no
+    # energy for them, never 0 J), and the counter's update period as measured after the
+    # window (None: not measured)
+    counter_unaligned: list[str] = field(default_factory=list)
+    counter_stuck: list[str] = field(default_factory=list)
+    counter_period_s: float | None = None
+    # RAPL only (RaplMeter): zones where one more wrap than the two readings show was
+    # possible -> (average W the window would have drawn with it, the zone's plausible maximum W)
+    rapl_wrap_doubt: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class EnergyMeter(Protocol):
@@ -69,29 +80,109 @@ class UnavailableMeter:
         return EnergyReading(duration_s=time.perf_counter() - self._t0)
 
 
+# Longest wait for a counter update at a window edge. NVML refreshes the total-energy
+# counter about every 100 ms; three periods leave room for a late one.
+EDGE_POLL_S = 0.3
+EDGE_POLL_INTERVAL_S = 0.001  # between counter reads while waiting for an update
+
+
+@dataclass
+class _Edge:
+    """One window edge: each GPU's counter value (mJ) and when it was read."""
+
+    values_mj: list[int]
+    stamp_s: float  # the edge's time: when the last GPU's update was seen
+    missed: list[str]  # GPUs with no update within EDGE_POLL_S (value read when the poll gave up)
+    ticked_at: list[float | None]  # when each GPU's update was seen (None: missed)
+
+
 class NvmlCounterMeter:
-    """NVML's cumulative total-energy counter, read per GPU at both window edges."""
+    """NVML's cumulative total-energy counter, read per GPU at both window edges, each
+    edge stamped at a counter update.
+
+    NVML refreshes the counter about every 100 ms, and a read between refreshes returns
+    the energy up to the last one. Read at arbitrary edges, a window that opens idle and
+    closes under load would count up to one period of idle before its start and miss up
+    to one period of load at its end: a one-sided error. So each edge polls the counter
+    (every EDGE_POLL_INTERVAL_S) until its value changes and stamps that instant, when
+    the value is the energy up to (within a poll of) the stamp. start() waits at most a
+    period before the window, outside it; stop(), called after the last pass, takes at
+    most a period of idle into the window, measured as such. After the end edge the poll
+    goes on to the next update, to measure the update period (validity's
+    energy_window_short), outside the window.
+
+    GPUs tick independently: an edge waits for each and is stamped at the last; the
+    others' readings are up to a period older, at idle power at both edges, so the two
+    errors have opposite signs. An edge with no update within EDGE_POLL_S is stamped when
+    the poll gave up (`counter_unaligned`: warning energy_edge_unaligned). A GPU whose
+    counter did not advance gets no energy and the window none (energy_counter_stuck),
+    never a 0 J figure."""
 
     source = "nvml_total_energy_counter"
-    unavailable_reason = None
+    unavailable_reason: str | None = None
     fallback_reason = None
 
-    def __init__(self, devices: list[GpuDevice]) -> None:
+    def __init__(self, devices: list[GpuDevice], *, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] | None = None, edge_poll_s: float = EDGE_POLL_S) -> None:
+        """clock, sleep: default time.perf_counter and time.sleep, as this module's `time`
+        has them when the meter is made."""
         self.devices = devices
-        self._start_mj: list[int] = []
-        self._t0 = 0.0
+        self._clock, self._sleep = clock or time.perf_counter, sleep or time.sleep
+        self.edge_poll_s = edge_poll_s
+        self._start: _Edge | None = None
+        self.started_at = self.stopped_at = 0.0  # the edges' stamps, on clock
+
+    def _edge(self) -> _Edge:
+        """Poll until every GPU's counter has changed once (or EDGE_POLL_S passed)."""
+        first = [d.total_energy_mj() for d in self.devices]
+        values = list(first)
+        ticked: list[float | None] = [None] * len(self.devices)
+        deadline = self._clock() + self.edge_poll_s
+        while True:
+            for i, d in enumerate(self.devices):
+                if ticked[i] is None:
+                    v = d.total_energy_mj()
+                    if v != first[i]:
+                        values[i], ticked[i] = v, self._clock()
+            if all(t is not None for t in ticked) or self._clock() >= deadline:
+                break
+            self._sleep(EDGE_POLL_INTERVAL_S)
+        missed = [d.uuid for d, t in zip(self.devices, ticked) if t is None]
+        seen = [t for t in ticked if t is not None]
+        stamp = self._clock() if missed or not seen else max(seen)
+        return _Edge(values, stamp, missed, ticked)
+
+    def _period_s(self, end: _Edge) -> float | None:
+        """Seconds to each GPU's next update after the end edge (the worst GPU's), or None."""
+        if end.missed:
+            return None
+        nxt = self._edge()
+        gaps = [b - a for a, b in zip(end.ticked_at, nxt.ticked_at) if a is not None and b is not None]
+        return max(gaps) if gaps and not nxt.missed else None
 
     def start(self) -> None:
-        self._start_mj = [d.total_energy_mj() for d in self.devices]
-        self._t0 = time.perf_counter()
+        self.unavailable_reason = None  # a reason describes the last window only
+        self._start = self._edge()
+        self.started_at = self._start.stamp_s
 
     def stop(self) -> EnergyReading:
-        end_mj = [d.total_energy_mj() for d in self.devices]
-        duration = time.perf_counter() - self._t0
-        per = {
-            d.uuid: (e - s) / 1000.0 for d, s, e in zip(self.devices, self._start_mj, end_mj)
-        }
-        return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per)
+        start, end = self._start, self._edge()
+        assert start is not None, "stop() before start()"
+        self.stopped_at = end.stamp_s
+        per: dict[str, float] = {}
+        stuck: list[str] = []
+        for d, s, e in zip(self.devices, start.values_mj, end.values_mj):
+            if e > s:
+                per[d.uuid] = (e - s) / 1000.0
+            else:  # did not advance (or went back: a driver reload): nothing measured
+                stuck.append(d.uuid)
+        if stuck:
+            self.unavailable_reason = (f"the NVML energy counter did not advance during the window on "
+                                       f"{', '.join(stuck)}")
+        unaligned = [f"start: {u}" for u in start.missed] + [f"end: {u}" for u in end.missed]
+        return EnergyReading(duration_s=end.stamp_s - start.stamp_s,
+                             energy_j=None if stuck else sum(per.values()), per_device_j=per,
+                             counter_unaligned=unaligned, counter_stuck=stuck, counter_period_s=self._period_s(end))
 
 
 # --- NVML power polling -----------------------------------------------------------
@@ -279,15 +370,47 @@ class ZeusMeter:
 # --- RAPL (CPU package and DRAM) ------------------------------------------------------
 
 
+# The highest average power a zone is taken to draw over a window where it reports no
+# power limit: above any CPU package's or memory's real draw, so that a second wrap is
+# ruled out only where it could not have happened.
+RAPL_FALLBACK_MAX_W = {"package": 1000.0, "dram": 500.0}
+# Margin over the highest limit a zone reports: limits are enforced as averages over
+# seconds (PL1) and a short-term limit (PL2) lets a package run above them for a while.
+RAPL_LIMIT_MARGIN = 1.5
+
+
 @dataclass
 class RaplZone:
     key: str  # "package-0", "dram-0"
     path: Path
     max_range_uj: int  # energy_uj wraps to 0 past this
+    max_power_w: float = RAPL_FALLBACK_MAX_W["package"]  # plausible average draw at most (rapl_max_power_w)
 
 
 def _read_int(path: Path) -> int:
     return int(path.read_text().strip())
+
+
+def rapl_max_power_w(path: Path, kind: str) -> float:
+    """The most a zone can plausibly draw on average: its highest reported limit
+    (constraint_*_power_limit_uw, constraint_*_max_power_uw) with RAPL_LIMIT_MARGIN, else
+    RAPL_FALLBACK_MAX_W for its kind ("package", "dram")."""
+    limits = []
+    for f in [*path.glob("constraint_*_power_limit_uw"), *path.glob("constraint_*_max_power_uw")]:
+        try:
+            limits.append(_read_int(f))
+        except (OSError, ValueError):
+            continue
+    limits = [v for v in limits if v > 0]
+    return max(limits) / 1e6 * RAPL_LIMIT_MARGIN if limits else RAPL_FALLBACK_MAX_W[kind]
+
+
+def one_more_wrap_w(delta_uj: int, max_range_uj: int, duration_s: float) -> float:
+    """Average power over the window had the counter wrapped once more than the two
+    readings show (the delta they give, plus one whole range). Two readings cannot tell
+    k from k + 1 wraps; k + 1 is ruled out only when it would need more power than the
+    zone can draw."""
+    return float("inf") if duration_s <= 0 else (delta_uj + max_range_uj) / 1e6 / duration_s
 
 
 def discover_rapl(root: Path = POWERCAP_ROOT) -> tuple[list[RaplZone], list[str]]:
@@ -320,7 +443,8 @@ def discover_rapl(root: Path = POWERCAP_ROOT) -> tuple[list[RaplZone], list[str]
             continue
         try:
             _read_int(path / "energy_uj")
-            zones.append(RaplZone(key, path, _read_int(path / "max_energy_range_uj")))
+            zones.append(RaplZone(key, path, _read_int(path / "max_energy_range_uj"),
+                                  rapl_max_power_w(path, key.split("-")[0])))
         except (OSError, ValueError) as e:
             # Since Linux 5.10 (CVE-2020-8694) energy_uj is readable by root only.
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -338,9 +462,13 @@ def _zone_numbers(zone_id: str) -> tuple[int, ...]:
 class RaplMeter:
     """CPU package (+ DRAM where exposed) energy from Linux powercap RAPL counters,
     read at both window edges. A counter that reads lower at the end than at the
-    start wrapped once (at max_energy_range_uj). A window longer than one wrap
-    period (max range / power, e.g. ~262 kJ / 200 W ~ 20 min) is undercounted:
-    more than one wrap can't be seen from two readings."""
+    start wrapped once (at max_energy_range_uj). More wraps can't be seen from two
+    readings: a window long enough for one more (max range / power, e.g. ~262 kJ /
+    200 W ~ 20 min) would be undercounted by a whole range. Where one more wrap was
+    possible at a plausible power (one_more_wrap_w <= the zone's max_power_w) the
+    reading says so (rapl_wrap_doubt, warned as rapl_multiple_wraps) rather than guess;
+    reading the counters periodically would count wraps, at the cost of a thread
+    beside every window for a case that needs windows of many minutes."""
 
     source = "rapl"
     unavailable_reason: str | None = None
@@ -372,15 +500,20 @@ class RaplMeter:
         if self._start is None:
             return EnergyReading(duration_s=duration)
         per: dict[str, float] = {}
+        doubt: dict[str, tuple[float, float]] = {}
         try:
             for z, s in zip(self.zones, self._start):
                 e = _read_int(z.path / "energy_uj")
                 delta = e - s if e >= s else z.max_range_uj - s + e  # one wrap
                 per[z.key] = delta / 1e6
+                more_w = one_more_wrap_w(delta, z.max_range_uj, duration)
+                if more_w <= z.max_power_w:
+                    doubt[z.key] = (more_w, z.max_power_w)
         except (OSError, ValueError) as err:
             self.unavailable_reason = f"CPU energy (RAPL) unreadable at the window end ({err})"
             return EnergyReading(duration_s=duration)
-        return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per)
+        return EnergyReading(duration_s=duration, energy_j=sum(per.values()), per_device_j=per,
+                             rapl_wrap_doubt=doubt)
 
 
 # --- host CPU contention (RAPL is host-wide) ------------------------------------------
@@ -503,9 +636,12 @@ def select_gpu_meter(gpus: GpuDiscovery, preference: str = "auto",
 
 def select_cpu_meter(root: Path | None = None) -> EnergyMeter:
     """RAPL where at least one CPU package zone is readable, else a reason.
-    root: the powercap directory (default POWERCAP_ROOT, read at call time)."""
+    root: the powercap directory (default POWERCAP_ROOT, read at call time, or the
+    LLEM_TEST_POWERCAP_ROOT test hook's fake tree)."""
+    if root is None:
+        root = Path(os.environ.get(contract.ENV_TEST_POWERCAP_ROOT) or POWERCAP_ROOT)
     try:
-        return RaplMeter(root if root is not None else POWERCAP_ROOT)
+        return RaplMeter(root)
     except MeterUnavailable as e:
         return UnavailableMeter(str(e))
 

@@ -19,6 +19,7 @@ from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.secrets import redact
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.harness.protocol import run_experiment
+from llenergymeasure.backends.harness.serving import run_serving
 from llenergymeasure.backends.harness.result import RunError
 
 
@@ -65,7 +66,9 @@ def main() -> int:
         return contract.EXIT_BAD_CONFIG
 
     try:
-        result = run_experiment(config, run_dir)
+        # serving: the backend's own server under a load, built on this protocol's pieces
+        run = run_serving if config.scenario == "serving" else run_experiment
+        result = run(config, run_dir)
         # inside the try: a result that cannot be written (disk full) is a failed run
         write_json_atomic(run_dir / contract.RESULT_FILE, result.model_dump(mode="json"))
     except BaseException as e:  # noqa: BLE001 - every failure must leave error.json

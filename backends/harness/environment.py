@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.backends import __version__, contract
-from llenergymeasure.backends.harness.gpu import GpuDiscovery
+from llenergymeasure.backends.harness.gpu import GpuDevice, GpuDiscovery
 from llenergymeasure.backends.harness.process_start import started
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "vllm", "tensorrt_llm",
@@ -76,6 +76,20 @@ def _image() -> dict[str, Any] | None:
     }
 
 
+def gpu_entry(g: GpuDevice) -> dict[str, Any]:
+    """One GPU as the snapshot records it: which board, and the settings that move energy
+    per token for the same work (a lower power limit or lower applications clocks slow it
+    and change J/token; ECC costs memory bandwidth; a MIG slice is not the whole GPU).
+    Each as NVML reads it, None where the GPU doesn't offer it. Locked clocks
+    (nvidia-smi -lgc/-lmc) have no NVML getter: while they hold the GPU, its clock-event
+    reason "applications clocks setting" is active."""
+    sm_app, mem_app = g.applications_clocks_mhz()
+    return {"index": g.index, "name": g.name, "uuid": g.uuid,
+            "power_limit_w": g.enforced_power_limit_w(),
+            "applications_sm_clock_mhz": sm_app, "applications_mem_clock_mhz": mem_app,
+            "ecc_enabled": g.ecc_enabled(), "mig_enabled": g.mig_enabled()}
+
+
 def snapshot(gpus: GpuDiscovery) -> dict[str, Any]:
     import psutil
 
@@ -92,7 +106,7 @@ def snapshot(gpus: GpuDiscovery) -> dict[str, Any]:
         "in_container": Path("/.dockerenv").exists(),
         "packages": _package_versions(),
         "env": {k: os.environ[k] for k in _VISIBLE_ENV if k in os.environ},
-        "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus.devices],
+        "gpus": [gpu_entry(g) for g in gpus.devices],
         "gpu_driver": gpus.driver_version,
         "image": _image(),
         # a new interpreter, or a fork of the local runner's launcher (with its checks)

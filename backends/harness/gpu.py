@@ -86,6 +86,26 @@ class GpuDevice(Protocol):
 
     def persistence_mode(self) -> bool | None: ...
 
+    # Settings that move energy per token, read once for the environment snapshot
+    # (environment.py); None where the GPU doesn't offer them (NVML "not supported").
+
+    def enforced_power_limit_w(self) -> float | None:
+        """The power limit the driver enforces now (the lowest of every limit set)."""
+        ...
+
+    def applications_clocks_mhz(self) -> tuple[float | None, float | None]:
+        """(SM, memory) applications clocks: the clocks the GPU runs work at unless
+        power or temperature hold it lower."""
+        ...
+
+    def ecc_enabled(self) -> bool | None:
+        """Whether ECC is on now (it costs memory bandwidth and capacity)."""
+        ...
+
+    def mig_enabled(self) -> bool | None:
+        """Whether MIG (Multi-Instance GPU) mode is on now."""
+        ...
+
 
 @dataclass
 class GpuDiscovery:
@@ -198,6 +218,28 @@ class NvmlGpu:
         except self._errors:
             return None  # e.g. Windows, where persistence mode doesn't exist
         return state == self._nvml.NVML_FEATURE_ENABLED
+
+    def enforced_power_limit_w(self) -> float | None:
+        return self._read(self._nvml.nvmlDeviceGetEnforcedPowerLimit, 1e-3)  # mW
+
+    def applications_clocks_mhz(self) -> tuple[float | None, float | None]:
+        get = self._nvml.nvmlDeviceGetApplicationsClock
+        return (self._read(lambda h: get(h, self._nvml.NVML_CLOCK_SM)),
+                self._read(lambda h: get(h, self._nvml.NVML_CLOCK_MEM)))
+
+    def ecc_enabled(self) -> bool | None:
+        try:
+            current, _pending = self._nvml.nvmlDeviceGetEccMode(self._h)  # pending: after the next reset
+        except self._errors:
+            return None  # e.g. GeForce boards, which have no ECC
+        return current == self._nvml.NVML_FEATURE_ENABLED
+
+    def mig_enabled(self) -> bool | None:
+        try:
+            current, _pending = self._nvml.nvmlDeviceGetMigMode(self._h)
+        except self._errors:
+            return None  # GPUs without MIG (before A100/H100) answer "not supported"
+        return current == self._nvml.NVML_DEVICE_MIG_ENABLE
 
 
 # nvmlValue_t union members, in NVML_VALUE_TYPE_* order.

@@ -64,17 +64,40 @@ class Metrics(BaseModel):
     energy_per_total_token_j: float | None  # energy_j / (input_tokens + output_tokens)
     energy_per_flop_j: float | None  # energy_j / flops_estimate (cross-hardware normaliser)
     avg_power_w: float | None  # energy_j / duration_s
+    # Energy-delay product per request, J·s: energy_per_request_j x the mean E2E latency (s)
+    # over the window's requests. Lower is better; it rewards saving energy only where latency
+    # does not grow as much (a power cap that saves 20% energy for 30% more latency scores worse).
+    energy_delay_product_js: float | None = None
+    output_tokens_per_joule: float | None = None  # output_tokens / energy_j (1 / energy_per_output_token_j)
     cpu_energy_j: float | None  # CPU packages + DRAM over the window (RAPL), on every run where readable
-    baseline_power_w: float | None  # idle power before loading (measurement.baseline_s)
-    energy_net_j: float | None  # energy_j - baseline_power_w * duration_s (may be < 0: warning energy_net_negative)
+    baseline_power_w: float | None  # idle power before loading (measurement.baseline_s): the unloaded baseline
+    # energy_j - baseline_power_w * duration_s: net of the *unloaded* baseline only, never the
+    # loaded one (may be < 0: warning energy_net_negative)
+    energy_net_j: float | None
+    # idle power with the model resident, after loading and before warm-up
+    # (measurement.loaded_baseline_s); recorded beside the unloaded one, subtracted from nothing
+    loaded_baseline_power_w: float | None = None
     flops_estimate: float  # 2 x parameters x (input + output tokens); a normaliser only
-    # Steady state (continuous-batching backends): requests in flight at their peak,
-    # after ramp-up and before draining; energy from sampled GPU power (trapezoid).
+    # Steady state (continuous-batching backends, harness/steady_state.py): from the B-th
+    # first token to the (N - B)-th completion of the first pass (B: the configured
+    # concurrency), held at >= 80% of B; energy from the GPUs' energy counters read in
+    # every sample (result.steady_state says how, or why there is no such window).
     steady_state_duration_s: float | None
-    steady_state_concurrency: int | None
+    steady_state_concurrency: int | None  # B, held: result.steady_state.mean_concurrency says how well
     steady_state_output_tokens_per_s: float | None
     steady_state_energy_j: float | None
     steady_state_energy_per_output_token_j: float | None
+    # Serving scenario only (null offline; defined in backends/serving/metrics.py): the
+    # window is the load, from the first scheduled arrival to the last completion, and
+    # every latency above counts from a request's scheduled arrival.
+    offered_request_rate_rps: float | None = None  # (n - 1) / span of the scheduled arrivals
+    achieved_request_rate_rps: float | None = None  # (n - 1) / span of the completions
+    goodput_rps: float | None = None  # requests meeting every serving.slo target / duration_s
+    slo_met_share: float | None = None  # their share of the requests
+    saturated: bool | None = None  # fell behind the offered rate, or TTFT trended up (None: not assessed)
+    ttft_trend_p_value: float | None = None  # Mann-Kendall, one-sided (upward)
+    ttft_trend_ms_per_s: float | None = None  # Theil-Sen slope of TTFT over arrival time
+    client_send_lag_ms_p99: float | None = None  # sent - scheduled, requests that had a free slot
 
 
 def _arrival(r: RequestRecord) -> float:
@@ -123,6 +146,14 @@ def _per(energy: float | None, amount: float) -> float | None:
     return energy / amount if energy is not None and amount else None
 
 
+def _edp(energy: float | None, records: list[RequestRecord]) -> float | None:
+    """energy per request (J) x mean E2E latency (s); None without energy or latencies."""
+    e2e = _per_request(records, e2e_s)
+    if energy is None or not e2e or not records:
+        return None
+    return energy / len(records) * (sum(e2e) / len(e2e))
+
+
 def compute_metrics(
     records: list[RequestRecord],
     reading: EnergyReading,
@@ -135,6 +166,7 @@ def compute_metrics(
     cpu_energy_j: float | None = None,
     steady: SteadyState | None = None,
     steady_energy_j: float | None = None,
+    loaded_baseline_power_w: float | None = None,
 ) -> Metrics:
     duration = reading.duration_s
     out_tokens = sum(r.output_tokens for r in records)
@@ -164,6 +196,8 @@ def compute_metrics(
         energy_per_total_token_j=_per(usable, in_tokens + out_tokens),
         energy_per_flop_j=_per(usable, flops),
         avg_power_w=_per(usable, duration),
+        energy_delay_product_js=_edp(usable, records),
+        output_tokens_per_joule=out_tokens / usable if usable is not None else None,
         cpu_energy_j=cpu_energy_j,
         baseline_power_w=baseline_power_w,
         energy_net_j=(
@@ -171,6 +205,7 @@ def compute_metrics(
             if usable is not None and baseline_power_w is not None
             else None
         ),
+        loaded_baseline_power_w=loaded_baseline_power_w,
         flops_estimate=flops,
         steady_state_duration_s=steady.duration_s if steady else None,
         steady_state_concurrency=steady.concurrency if steady else None,

@@ -1,10 +1,12 @@
 """The measurement protocol, identical for every backend:
 
-environment snapshot -> idle baseline (measured, or reused within a study) ->
-load model (timed) -> load and tokenise prompts -> warm-up at full length ->
-thermal stabilisation (plateau of temperature and power) -> measured window:
-passes over the dataset until it lasts measurement.min_window_s, device-
-synchronised at both edges -> metrics, per-request records (requests.parquet) and
+environment snapshot -> unloaded idle baseline (measured, or reused within a study) ->
+load model (timed) -> load and tokenise prompts -> loaded idle baseline (optional;
+harness/baseline.py) -> warm-up at full length ->
+thermal stabilisation under load (passes until temperature and power plateau) ->
+measured window, opened at once: passes over the dataset until it lasts
+measurement.min_window_s, device-synchronised at both edges (stamped at energy-
+counter updates where the counter measures) -> metrics, per-request records (requests.parquet) and
 validity warnings. Every request's latencies count from its arrival, which this module
 stamps (run_pass), never an adapter.
 """
@@ -12,7 +14,6 @@ stamps (run_pass), never an adapter.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -24,45 +25,32 @@ from llenergymeasure.backends import contract
 from llenergymeasure.backends.config import ExperimentConfig, MeasurementConfig
 from llenergymeasure.backends.devices import run_device
 from llenergymeasure.backends.harness.energy import (
-    EnergyMeter, HostCpuMeter, NvmlPollingMeter, integrate_trapezoid, measured, select_cpu_meter, select_meter,
+    HostCpuMeter, NvmlCounterMeter, NvmlPollingMeter, measured, select_cpu_meter, select_meter,
 )
+from llenergymeasure.backends.harness.baseline import measure_baseline, reusable_baseline
 from llenergymeasure.backends.harness.environment import snapshot
 from llenergymeasure.backends.harness import faults
 from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml, visible_cuda_uuids
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.harness.metrics import compute_metrics
+from llenergymeasure.backends.harness.phase_split import measure_phase_split
+from llenergymeasure.backends.harness.readback import mismatch_warnings, read_back
 from llenergymeasure.backends.harness.result import (
-    Baseline, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport, write_requests,
+    EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport, SteadyStateReport, write_requests,
 )
 from llenergymeasure.backends.harness.sampler import Sampler
-from llenergymeasure.backends.harness.stabilise import Stabilisation, wait_for_plateau
-from llenergymeasure.backends.harness.steady_state import steady_state_window
+from llenergymeasure.backends.harness.stabilise import Stabilisation, stabilise_under_load
+from llenergymeasure.backends.harness.steady_state import NoSteadyState, SteadyState, steady_state_window
 from llenergymeasure.backends.harness.validity import (
-    energy_warnings, gap_warnings, gpu_allocation_warnings, gpu_window_warnings, host_contention_warnings,
-    window_warnings,
+    counter_warnings, energy_warnings, gap_warnings, gpu_allocation_warnings, gpu_window_warnings, host_contention_warnings,
+    rapl_wrap_warnings, warning, window_warnings,
 )
 from llenergymeasure.backends.prompts import load_prompts
-from llenergymeasure.backends.registry import Backend, RequestRecord, create_backend
+from llenergymeasure.backends.registry import Backend, LoadedModel, RequestRecord, create_backend
 from llenergymeasure.backends.table import backend_row
 
 log = logging.getLogger("llem.harness")
 
-
-
-def reusable_baseline(m: MeasurementConfig, gpu_uuids: list[str]) -> Baseline | None:
-    """An idle baseline the runner passed from an earlier run of this study, if it
-    was measured on the same devices recently enough (measurement.baseline_reuse_s)."""
-    raw = os.environ.get(contract.ENV_BASELINE)
-    if not raw or m.baseline_reuse_s <= 0:
-        return None
-    try:
-        b = Baseline.model_validate_json(raw)
-    except ValueError:
-        return None
-    fresh = time.time() - b.measured_at_unix <= m.baseline_reuse_s
-    if not fresh or sorted(b.devices) != sorted(gpu_uuids) or b.power_w is None:
-        return None
-    return b.model_copy(update={"reused": True})
 
 
 def run_gpus(device: str, n: int, visible=visible_cuda_uuids,
@@ -75,24 +63,6 @@ def run_gpus(device: str, n: int, visible=visible_cuda_uuids,
         return [], GpuDiscovery([], unavailable_reason="device is cpu")
     allocated = cuda_uuids(device, n, visible)
     return allocated, discover(allocated)
-
-
-def _measure_baseline(meter: EnergyMeter, seconds: float, devices: list[str]) -> Baseline:
-    log.info("measuring idle baseline for %.1f s", seconds)
-    with measured(meter) as base:
-        time.sleep(seconds)
-    r = base[0]
-    power = r.energy_j / r.duration_s if r.energy_j is not None else None
-    return Baseline(power_w=power, measured_at_unix=time.time(), devices=devices, reused=False)
-
-
-def _read_plateau(gpus: GpuDiscovery):
-    def read() -> tuple[float | None, float | None]:
-        temps = [t for t in (g.temperature_c() for g in gpus.devices) if t is not None]
-        powers = [p for p in (g.power_w() for g in gpus.devices) if p is not None]
-        return (max(temps) if temps else None, sum(powers) if powers else None)
-
-    return read
 
 
 @dataclass
@@ -115,6 +85,36 @@ def run_pass(backend: Backend, prepared: Any, max_batches: int | None = None) ->
     return Pass(arrival, records)
 
 
+def configured_concurrency(config: ExperimentConfig, loaded: LoadedModel) -> int | None:
+    """B, the requests a continuous-batching engine runs at once, as the adapter resolved
+    it (vLLM's max_num_seqs in LoadedModel.extra: its default depends on the GPU), else as
+    the backend section sets it (vllm.max_num_seqs, tensorrt.max_batch_size, which the
+    engine was built with). None where neither says."""
+    for source in (loaded.extra, config.backend_section.model_dump()):
+        for key in ("max_num_seqs", "max_batch_size"):
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def measure_steady_state(records: list[RequestRecord], concurrency: int | None, sampler: Sampler,
+                         origin_s: float) -> tuple[SteadyState | None, float | None, SteadyStateReport]:
+    """The first pass's steady-state window (steady_state.py), its GPU energy from the
+    sampler (the counter in every sample, else sampled power), and the report of how, or
+    why there is none. origin_s: the measured window's start (report times count from it)."""
+    found = (steady_state_window(records, concurrency) if concurrency is not None
+             else NoSteadyState("the backend did not report how many requests it runs at once"))
+    if isinstance(found, NoSteadyState):
+        return None, None, SteadyStateReport(configured_concurrency=concurrency,
+                                             mean_concurrency=found.mean_concurrency, start_s=None, end_s=None,
+                                             energy_method=None, reason=found.reason)
+    energy, method = sampler.energy_j("window", found.start_s, found.end_s)
+    return found, energy, SteadyStateReport(
+        configured_concurrency=concurrency, mean_concurrency=found.mean_concurrency, start_s=found.start_s - origin_s,
+        end_s=found.end_s - origin_s, energy_method=method, reason=None)
+
+
 def _window(backend: Backend, prepared: Any, m: MeasurementConfig) -> list[Pass]:
     """Passes over the dataset until the window lasts min_window_s (or max_passes); the
     window starts with the first pass's arrival."""
@@ -129,6 +129,8 @@ def _window(backend: Backend, prepared: Any, m: MeasurementConfig) -> list[Pass]
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
+    if config.scenario == "serving":  # harness/serving.py runs it (dispatched by harness/entrypoint.py)
+        raise ValueError("scenario: serving runs through harness.serving.run_serving, not the offline protocol")
     started_at = utc_now()
     backend = create_backend(config)
     m = config.measurement
@@ -147,11 +149,11 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
 
     with Sampler(gpus.devices, m.sample_interval_s) as sampler:
         t = time.perf_counter()
-        baseline = reusable_baseline(m, uuids)
+        baseline = reusable_baseline(m, uuids, meter.source)
         if baseline is None and m.baseline_s > 0:
             sampler.phase = "baseline"
             beat("baseline")
-            baseline = _measure_baseline(meter, m.baseline_s, uuids)
+            baseline = measure_baseline(meter, m.baseline_s, uuids, "unloaded")
         baseline_s = time.perf_counter() - t
 
         sampler.phase = "load"
@@ -169,6 +171,13 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
                                config.dataset_sha256)
         prepared = backend.prepare(prompts)
 
+        loaded_baseline, t = None, time.perf_counter()
+        if m.loaded_baseline_s > 0:  # the model resident, nothing run yet
+            sampler.phase = "loaded_baseline"
+            beat("loaded_baseline")
+            loaded_baseline = measure_baseline(meter, m.loaded_baseline_s, uuids, "loaded")
+        loaded_baseline_s = time.perf_counter() - t
+
         sampler.phase = "warmup"
         beat("warmup")
         log.info("warm-up: %d batch(es) at full length", m.warmup_batches)
@@ -181,11 +190,17 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         sampler.phase = "stabilise"
         beat("stabilise")
         if gpus.devices:
-            stab = wait_for_plateau(_read_plateau(gpus), m)
+            def stabilising_pass() -> None:
+                run_pass(backend, prepared)
+                beat("stabilise")
+
+            stab = stabilise_under_load(stabilising_pass, lambda: sampler.plateau_series("stabilise"), m)
             log.info("stabilisation: %s", stab.detail)
         else:
             stab = Stabilisation(0.0, None, "CPU run: no GPU temperature or power to wait on")
 
+        # No idle gap: the window opens as the stabilising passes end (a counter meter's
+        # start edge waits at most one counter update, ~100 ms, before it).
         backend.synchronize()
         sampler.mark("window")
         beat("window")
@@ -194,11 +209,15 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
             cpu_meter.start()
         if host_cpu:
             host_cpu.start()
+        window_started_at = utc_now()
         with measured(meter) as window:
             passes = _window(backend, prepared, m)
+        window_finished_at = utc_now()
         other_cpu_s = host_cpu.stop() if host_cpu else None
         cpu_reading = cpu_meter.stop() if cpu_meter else None
         sampler.mark("window")  # closing edge sample
+        split = (measure_phase_split(backend, prepared, m, meter, [p.records for p in passes], window[0], sampler)
+                 if m.phase_split else None)  # measurement.phase_split: a prefill-only window beside it
         sampler.phase = "done"
 
     reading = window[0]
@@ -210,11 +229,10 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         peak_mb = sampler.peak_gpu_memory_mb("window")
         cpu_energy = cpu_reading.energy_j if cpu_reading else None
 
-    steady = steady_energy = None
+    steady = steady_energy = steady_report = None
     if m.steady_state and backend_row(config.backend).continuous_batching:
-        steady = steady_state_window(passes[0].records)
-        if steady:
-            steady_energy = integrate_trapezoid(sampler.power_series("window"), steady.start_s, steady.end_s)
+        steady, steady_energy, steady_report = measure_steady_state(
+            passes[0].records, configured_concurrency(config, loaded), sampler, passes[0].arrival_s)
 
     metrics = compute_metrics(
         records,
@@ -227,6 +245,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         cpu_energy_j=cpu_energy,
         steady=steady,
         steady_energy_j=steady_energy,
+        loaded_baseline_power_w=loaded_baseline.power_w if loaded_baseline else None,
     )
     coverage = sampler.coverage("window", reading.duration_s)
     sampler.write(run_dir / contract.TIMESERIES_FILE)
@@ -244,11 +263,20 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         measured_uuids = list(reading.per_device_j) if reading.per_device_j else uuids
         warnings += gpu_allocation_warnings(config.gpus_per_run, allocated, measured_uuids)
     warnings += energy_warnings(metrics.energy_j, metrics.energy_net_j)
+    if isinstance(meter, NvmlCounterMeter):
+        warnings += counter_warnings(duration_s=reading.duration_s, period_s=reading.counter_period_s,
+                                     unaligned=reading.counter_unaligned, stuck=reading.counter_stuck,
+                                     edge_poll_s=meter.edge_poll_s)
     gaps = {"sampler": (sampler.longest_gap_s("window"), m.sample_interval_s)}
     if isinstance(meter, NvmlPollingMeter):  # energy itself was integrated over samples
         gaps["power polling"] = (reading.longest_gap_s, meter.interval_s)
     warnings += gap_warnings(gaps)
     warnings += host_contention_warnings(other_cpu_s, reading.duration_s)
+    readback = read_back(gpus.devices, sampler.phase_rows("window"))  # gpu: settings as enforced
+    warnings += mismatch_warnings(config.gpu, readback)
+    rapl = cpu_reading if cpu_meter else reading if device == "cpu" else None
+    warnings += rapl_wrap_warnings(rapl.rapl_wrap_doubt, rapl.duration_s) if rapl else []
+    warnings += [warning(w.code, w.detail) for w in backend.run_warnings()]  # e.g. a cache not reset
 
     cpu_source = cpu_meter if cpu_meter else meter
     return RunResult(
@@ -274,10 +302,17 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         ),
         sampling_coverage=coverage,
         warnings=warnings,
-        phases=PhaseTimes(baseline_s=baseline_s, warmup_s=warmup_s, stabilisation_s=stab.waited_s),
+        phases=PhaseTimes(baseline_s=baseline_s, warmup_s=warmup_s, stabilisation_s=stab.waited_s,
+                          loaded_baseline_s=loaded_baseline_s),
         stabilisation=StabilisationReport(waited_s=stab.waited_s, reached=stab.reached, detail=stab.detail),
+        steady_state=steady_report,
+        gpu_readback=readback,
+        phase_split=split,
         baseline=baseline,
+        loaded_baseline=loaded_baseline,
         environment=environment,
         started_at=started_at,
         finished_at=utc_now(),
+        window_started_at=window_started_at,
+        window_finished_at=window_finished_at,
     )

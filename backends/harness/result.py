@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.backends.harness.metrics import Metrics
+from llenergymeasure.backends.harness.phase_split import PhaseSplit
+from llenergymeasure.backends.harness.readback import GpuReadback
 from llenergymeasure.backends.registry import RequestRecord
+from llenergymeasure.backends.serving.report import ServingReport
 
 
 class _Strict(BaseModel):
@@ -36,6 +39,7 @@ class PhaseTimes(_Strict):
     baseline_s: float
     warmup_s: float
     stabilisation_s: float
+    loaded_baseline_s: float = 0.0  # (defaulted: results from before it existed still load)
 
 
 class EnergyReport(_Strict):
@@ -56,13 +60,36 @@ class StabilisationReport(_Strict):
     detail: str
 
 
-class Baseline(_Strict):
-    """Idle power of the measured devices, before the model was loaded."""
+class SteadyStateReport(_Strict):
+    """How the steady-state window was found (harness/steady_state.py), or why there is
+    none; its figures are the metrics' steady_state_* fields."""
 
-    power_w: float | None
+    configured_concurrency: int | None  # B: requests the engine runs at once (None: not reported)
+    mean_concurrency: float | None  # time-weighted requests in flight over the (candidate) window
+    start_s: float | None  # seconds from the window's start (the first pass's arrival)
+    end_s: float | None
+    # "energy_counter": the GPUs' cumulative counters read in every sample, interpolated
+    # at the edges (the instrument of energy_j); "power_trapezoid": sampled power
+    # integrated, where a GPU has no counter; None: no energy for the window
+    energy_method: Literal["energy_counter", "power_trapezoid"] | None
+    reason: str | None  # why there is no steady-state window; None when there is one
+
+
+class Baseline(_Strict):
+    """Idle power of the measured devices, by the run's energy source: `unloaded` before
+    the model is loaded (measurement.baseline_s; energy_net_j subtracts this one), or
+    `loaded` with the model resident, after loading and before warm-up
+    (measurement.loaded_baseline_s; recorded beside it, never subtracted)."""
+
+    power_w: float | None  # sum over the devices
+    # GPU UUID, or RAPL zone (package-0, dram-0) on a CPU run -> W. (The defaults below
+    # let results from before these fields existed load; such a baseline is never reused.)
+    power_per_device_w: dict[str, float] = {}
+    source: str | None = None  # the energy source that measured it, as RunResult.energy_source
+    kind: Literal["unloaded", "loaded"] = "unloaded"
     measured_at_unix: float
     devices: list[str]  # GPU UUIDs ([] for the CPU)
-    reused: bool  # taken from an earlier run of the study (measurement.baseline_reuse_s)
+    reused: bool  # taken from an earlier run of the study (measurement.baseline_reuse_s; unloaded only)
 
 
 class RunResult(_Strict):
@@ -81,10 +108,23 @@ class RunResult(_Strict):
     warnings: list[str]
     phases: PhaseTimes
     stabilisation: StabilisationReport
+    # continuous-batching backends with measurement.steady_state; None otherwise (and in
+    # results written before the field existed)
+    steady_state: SteadyStateReport | None = None
+    # the run's GPUs' power limit and clocks as the driver enforced them in the window,
+    # read back through NVML (harness/readback.py); [] on the CPU and in older results
+    gpu_readback: list[GpuReadback] = []
+    phase_split: PhaseSplit | None = None  # measurement.phase_split (harness/phase_split.py)
+    serving: ServingReport | None = None  # scenario: serving (harness/serving.py); None offline
     baseline: Baseline | None
+    loaded_baseline: Baseline | None = None  # measurement.loaded_baseline_s (defaulted for older results)
     environment: dict[str, Any]
     started_at: str
     finished_at: str
+    # The measured window's edges on the same clock as started_at (None in results from
+    # before they were recorded): which other runs of the host overlapped it is read from them.
+    window_started_at: str | None = None
+    window_finished_at: str | None = None
 
     @model_validator(mode="after")
     def _energy_explained(self) -> RunResult:

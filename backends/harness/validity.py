@@ -28,6 +28,24 @@ CODES: dict[str, str] = {
                     "the trapezoid bridged the hole with a straight line",
     "host_contention": "processes outside the run used host CPU during the window; RAPL energy is "
                        "host-wide, so it includes their share",
+    "energy_counter_stuck": "a GPU's energy counter did not advance over the window, which no working "
+                            "GPU does: no energy is reported for the window rather than 0 J",
+    "energy_edge_unaligned": "a window edge could not be stamped at an update of the GPU energy "
+                             "counter (it updates about every 100 ms), so the energy read there may "
+                             "lag its time by up to a period at the GPU's power",
+    "energy_window_short": "the window spans fewer than MIN_COUNTER_UPDATES updates of the GPU energy "
+                           "counter, so a few updates' timing moves its energy measurably",
+    "prefix_cache_not_reset": "the engine could not empty its prefix cache before a pass, so the pass "
+                              "may have skipped the prefill of prompts an earlier pass ran",
+    "rapl_multiple_wraps": "a RAPL counter could have wrapped once more in the window than its two "
+                           "readings show; CPU energy may be short by a whole counter range",
+    "cpu_energy_shared": "other llem runs were active on this host during the window; RAPL CPU energy "
+                         "is host-wide, so it includes their share",
+    "gpu_setting_mismatch": "a gpu: setting (power limit, locked clocks) read back from NVML during the "
+                            "window differs from the one requested (harness/readback.py)",
+    "saturated": "serving scenario: the deployment fell behind the offered load (achieved request rate "
+                 "below the offered one, or TTFT trending up through the load): its latencies describe a "
+                 "growing queue, not the offered rate (backends/serving/metrics.py)",
 }
 
 THERMAL = {"sw_thermal", "hw_thermal", "hw_slowdown"}
@@ -47,6 +65,11 @@ POWER_CAP_SHARE = 0.10
 # (core-seconds / window seconds). A quiet host's daemons stay well under a tenth of
 # one core; above it, RAPL's host-wide energy carries someone else's work.
 HOST_CONTENTION_CORES = 0.10
+# Updates of the NVML energy counter a window should span. Its edges are stamped at
+# updates (energy.NvmlCounterMeter); what remains per edge is about one poll and how the
+# driver integrates between updates, a share that fades over a hundred of them.
+MIN_COUNTER_UPDATES = 100
+NOMINAL_COUNTER_PERIOD_S = 0.1  # NVML's update period where it could not be measured
 CLOCK_DRIFT = 0.10  # relative change of median SM clock, first vs last tenth
 TEMP_DRIFT_C = 5.0
 
@@ -163,3 +186,41 @@ def host_contention_warnings(other_cpu_s: float | None, duration_s: float) -> li
         return []
     return [warning("host_contention", f"other processes used {cores:.2f} core-equivalents "
                                        f"({other_cpu_s:.1f} CPU-s in {duration_s:.1f} s)")]
+
+
+def rapl_wrap_warnings(doubt: dict[str, tuple[float, float]], duration_s: float) -> list[str]:
+    """doubt: RAPL zone -> (average W had it wrapped once more, the zone's plausible maximum W),
+    for the zones where that extra wrap was possible (EnergyReading.rapl_wrap_doubt)."""
+    if not doubt:
+        return []
+    zones = "; ".join(f"{zone}: one more wrap would mean {more_w:.0f} W on average, within its "
+                      f"{max_w:.0f} W bound" for zone, (more_w, max_w) in sorted(doubt.items()))
+    return [warning("rapl_multiple_wraps", f"{duration_s:.0f} s window; {zones}")]
+
+
+def cpu_energy_shared_warning(others: list[str]) -> str:
+    """others: the llem runs that were active on the host during the window (whoever
+    registered them: the orchestrator's host run registry)."""
+    return warning("cpu_energy_shared", f"{len(others)} other llem run(s) active on this host during the "
+                                        f"window ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})")
+
+
+def counter_warnings(*, duration_s: float, period_s: float | None, unaligned: list[str],
+                     stuck: list[str], edge_poll_s: float) -> list[str]:
+    """Warnings of an NVML-counter window (EnergyReading.counter_*): a counter that did not
+    advance, an edge not stamped at an update (within edge_poll_s), and a window of fewer
+    than MIN_COUNTER_UPDATES updates (period_s: as measured after the window, else nominal)."""
+    out = []
+    if stuck:
+        out.append(warning("energy_counter_stuck", f"no change over {duration_s:.2f} s on {', '.join(stuck)}"))
+    if unaligned:
+        out.append(warning("energy_edge_unaligned", f"no counter update within {edge_poll_s:g} s at "
+                                                    f"{', '.join(unaligned)}"))
+    period = period_s or NOMINAL_COUNTER_PERIOD_S
+    updates = duration_s / period
+    if updates < MIN_COUNTER_UPDATES:
+        how = "measured" if period_s else "nominal"
+        out.append(warning("energy_window_short", f"{duration_s:.2f} s is {updates:.0f} counter updates of "
+                                                  f"{period * 1000:.0f} ms ({how}), under {MIN_COUNTER_UPDATES}; "
+                                                  "raise measurement.min_window_s"))
+    return out

@@ -24,14 +24,33 @@ MODULES = (
     "transformers.models.llama.modeling_llama",
     "llenergymeasure.backends.harness.entrypoint",  # the harness: protocol, energy, sampler, results
     *(row.adapter_module for row in TABLE if row.pre_imported),  # with them transformers' Auto classes
+    # what a run imports after its window to write requests.parquet and timeseries.parquet:
+    # pyarrow, and pandas, which pyarrow imports on its first conversion from Python objects
+    # (to tell DataFrames apart): about half a second of every run on an idle machine
+    "pyarrow",
+    "pyarrow.parquet",
+    "pandas",
 )
+
+# pyarrow's bundled jemalloc starts a background purging thread when it is loaded, and a
+# launcher must stay single-threaded to fork safely: it loads it without one (jemalloc then
+# purges as it allocates). Runs use pyarrow only after their window, to write their files.
+ARROW_JEMALLOC = ("JE_ARROW_MALLOC_CONF", "background_thread:false")
 
 
 def pre_import() -> float:
-    """Import every module a run would import first thing; the seconds it took."""
+    """Import every module a run would import; the seconds it took."""
     t0 = time.monotonic()
-    for name in MODULES:
-        importlib.import_module(name)
+    name, value = ARROW_JEMALLOC
+    own = name not in os.environ  # a conf the user set is theirs: the fork check then says if it starts a thread
+    if own:
+        os.environ[name] = value
+    try:
+        for module in MODULES:
+            importlib.import_module(module)
+    finally:
+        if own:  # read when jemalloc initialised; runs get their environment from the runner anyway
+            os.environ.pop(name, None)
     return time.monotonic() - t0
 
 

@@ -23,7 +23,7 @@ from llenergymeasure.backends.decoding import Decoding, decoding_for
 from llenergymeasure.backends.devices import resolve_dtype, run_device
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.models import resolve_model
-from llenergymeasure.backends.registry import LoadedModel, RequestRecord, register_backend
+from llenergymeasure.backends.registry import AdapterWarning, LoadedModel, RequestRecord, register_backend
 
 
 class _TimestampStreamer:
@@ -192,6 +192,20 @@ class PyTorchBackend:
             beat()  # a long pass still shows progress to the watchdog
         return records
 
+    def generate_prefill(self, prepared: list[_Batch]) -> list[RequestRecord]:
+        """The same batches, each request generating one token: the prefill-only pass of
+        measurement.phase_split (harness/phase_split.py)."""
+        full = self.generation_config
+        self.generation_config = GenerationConfig.from_dict({**full.to_dict(), "max_new_tokens": 1,
+                                                             "min_new_tokens": None})
+        try:
+            return self.generate(prepared)
+        finally:
+            self.generation_config = full
+
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
+
+    def run_warnings(self) -> list[AdapterWarning]:
+        return []  # static batches in this process: nothing the harness can't see

@@ -43,7 +43,9 @@ from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.tensorrt.config import TensorRTConfig
 from llenergymeasure.backends.devices import run_device
 from llenergymeasure.backends.models import count_parameters, resolve_model
-from llenergymeasure.backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend
+from llenergymeasure.backends.registry import (
+    AdapterWarning, BackendUnavailable, LoadedModel, RequestRecord, register_backend,
+)
 
 TRTLLM_VERSION = "1.2.1"
 
@@ -470,6 +472,9 @@ class TensorRTBackend:
     def synchronize(self) -> None:
         """Nothing to wait for: the engine runs in TensorRT-LLM's executor process, and
         `generate()` returns only after every request's last token reached the host."""
+
+    def run_warnings(self) -> list[AdapterWarning]:
+        return []  # nothing this adapter sees go wrong is left unraised
 
     def close(self) -> None:
         if self.llm is not None:

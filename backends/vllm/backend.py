@@ -42,7 +42,9 @@ from llenergymeasure.backends.vllm.config import VLLMConfig
 from llenergymeasure.backends.decoding import Decoding, decoding_for
 from llenergymeasure.backends.devices import resolve_dtype, run_device
 from llenergymeasure.backends.models import count_parameters, resolve_model
-from llenergymeasure.backends.registry import BackendUnavailable, LoadedModel, RequestRecord, register_backend
+from llenergymeasure.backends.registry import (
+    AdapterWarning, BackendUnavailable, LoadedModel, RequestRecord, register_backend,
+)
 
 log = logging.getLogger("llem.vllm")
 
@@ -322,6 +324,7 @@ class VLLMBackend:
         self._attached: _Attached | None = None
         self._llm: Any = None
         self._calls = 0
+        self._reset_failures: list[str] = []  # generate calls whose prefix-cache reset failed
         # Import vLLM now (the harness creates the backend before the load timer), so
         # that model_load_s measures loading, not library start-up, as for pytorch.
         try:
@@ -472,8 +475,7 @@ class VLLMBackend:
         # Start every call with an empty prefix cache: otherwise the measured window
         # would find the KV blocks of the prompts warm-up already ran and skip their
         # prefill. (Prefix sharing between requests of the same call still counts.)
-        if not engine.reset_prefix_cache():
-            log.warning("vLLM could not reset its prefix cache; prompts run before may hit it")
+        self._reset_prefix_cache(engine)
         records: dict[str, RequestRecord] = {}
         pending: set[str] = set()
         try:
@@ -511,6 +513,25 @@ class VLLMBackend:
                     pass
             raise
         return [records[r] for r in ids]
+
+    def _reset_prefix_cache(self, engine: VllmEngine) -> None:
+        """Empty the prefix cache, noting a refusal (False: vLLM resets only an idle
+        engine) or an error for run_warnings: the run goes on, flagged."""
+        try:
+            ok, why = engine.reset_prefix_cache(), "it returned False"
+        except Exception as e:  # noqa: BLE001 - a failed reset flags the run, it does not end it
+            ok, why = False, f"{type(e).__name__}: {e}"
+        if not ok:
+            log.warning("vLLM could not reset its prefix cache (%s); prompts run before may hit it", why)
+            self._reset_failures.append(f"call {self._calls}: {why}")
+
+    def run_warnings(self) -> list[AdapterWarning]:
+        if not self._reset_failures:
+            return []
+        return [AdapterWarning("prefix_cache_not_reset", (
+            f"vLLM's reset_prefix_cache() failed before {len(self._reset_failures)} of {self._calls} "
+            f"generate call(s), warm-up included ({'; '.join(self._reset_failures[:3])}); a pass may "
+            "have found an earlier pass's KV blocks cached and skipped their prefill"))]
 
     def synchronize(self) -> None:
         """Nothing to wait for: `LLMEngine.step()` returns token ids already on the host,

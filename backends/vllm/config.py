@@ -3,6 +3,7 @@ None = vLLM's own default)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -24,6 +25,28 @@ VLLM_CUDA_ONLY_QUANTIZATION = {
     "modelopt_fp4": "FP4 kernels need a Blackwell GPU",
     "mxfp4": "MXFP4 kernels need a CUDA GPU",
 }
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The host CPU's feature flags (x86 `flags` line), empty where they cannot be read."""
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fp8_kv_cache_problem(flags: set[str]) -> str | None:
+    """vLLM 0.31's CPU worker refuses an FP8 KV cache without AVX-512 or AMX (seen here on an
+    AVX2-only EPYC: 'FP8 KV cache on CPU requires x86 with AVX-512 or AMX.', raised only after
+    the engine has started, as 'Engine core initialization failed')."""
+    if flags & {"avx512f", "amx_tile"}:
+        return None
+    return "this CPU has neither AVX-512 nor AMX, which vLLM's CPU build needs for an FP8 KV cache"
 
 
 class VLLMConfig(BackendSection):
@@ -60,4 +83,8 @@ class VLLMConfig(BackendSection):
         if self.gpu_memory_utilization is not None and self.kv_cache_memory_bytes is not None:
             return ("vllm.gpu_memory_utilization and vllm.kv_cache_memory_bytes both size the KV cache; "
                     "set one")
+        if self.kv_cache_dtype.startswith("fp8"):
+            why = fp8_kv_cache_problem(cpu_flags(CPUINFO))
+            if why:
+                return f"vllm.kv_cache_dtype: {self.kv_cache_dtype} cannot run here ({why}); use auto, float16 or bfloat16"
         return None

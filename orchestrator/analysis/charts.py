@@ -40,7 +40,7 @@ def _num(v: object) -> float | None:
         f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(f) else f
+    return f if math.isfinite(f) else None  # inf (serving.request_rate) has no place on a numeric axis
 
 
 def _err(rows: pd.DataFrame, m: str) -> tuple[list[float], list[list[float]]]:
@@ -136,4 +136,34 @@ def timeseries_chart(series: Sequence[tuple[str, pd.DataFrame]], column: str, yl
     ax.set_ylim(bottom=0)
     ax.legend(frameon=False, fontsize=8)
     ax.set_title(title, fontsize=10)
+    return _uri(fig)
+
+
+def setting_tradeoff_chart(summary: pd.DataFrame, param: str, front: str, metrics: Sequence[tuple[str, str]]) -> str:
+    """One panel per (metric, label) against a swept numeric setting (a GPU power limit, a
+    clock), mean and 95% CI, one line per backend; configurations on the `front` Pareto
+    frontier filled and starred, the others hollow, so a reader sees the trade-off curve
+    and where on it nothing is dominated."""
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(WIDTH, HEIGHT * 0.75 * len(metrics)), sharex=True)
+    axes = list(axes) if len(metrics) > 1 else [axes]
+    rows = summary[summary[param].notna()].copy()
+    rows["_x"] = [_num(v) if _num(v) is not None else i for i, v in enumerate(rows[param])]
+    rows = rows.sort_values("_x")
+    on = rows[front].fillna(False).astype(bool) if front in rows else pd.Series(False, index=rows.index)
+    for ax, (metric, label) in zip(axes, metrics):
+        for i, (backend, group) in enumerate(rows.groupby("backend", sort=False)):
+            means, err = _err(group, metric)
+            colour = COLOURS[i % len(COLOURS)]
+            ax.errorbar(group["_x"], means, yerr=err, marker="o", mfc="white", capsize=3, color=colour,
+                        label=str(backend))
+            best = group[on.loc[group.index]]
+            if not best.empty:
+                ax.plot(best["_x"], [_num(v) for v in best[f"{metric}_mean"]], "*", markersize=12, color=colour,
+                        label="Pareto frontier" if i == 0 else None)
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+    axes[-1].set_xlabel(param)
+    axes[0].legend(frameon=False, fontsize=8)
+    axes[0].set_title(f"{' and '.join(lab for _, lab in metrics)} by {param} (mean, 95% CI; "
+                      "stars: energy-latency Pareto frontier)", fontsize=9)
     return _uri(fig)

@@ -9,7 +9,7 @@ from llenergymeasure.orchestrator.execution.manifest import Manifest
 
 
 def is_energy_column(name: str) -> bool:
-    return ("energy" in name or "power_w" in name or name.startswith((CO2, TOTAL_COST))
+    return ("energy" in name or "joule" in name or "power_w" in name or name.startswith((CO2, TOTAL_COST))
             or name.startswith("pareto_"))
 
 

@@ -15,8 +15,9 @@ from llenergymeasure.backends import __version__
 from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.backends.table import BACKENDS
 from llenergymeasure.backends.contract import TIMESERIES_FILE
-from llenergymeasure.orchestrator.analysis import charts
+from llenergymeasure.orchestrator.analysis import charts, gpu_settings, phase_split
 from llenergymeasure.orchestrator.analysis.stats import is_missing
+from llenergymeasure.orchestrator.analysis.serving import serving_section
 from llenergymeasure.orchestrator.analysis.concurrency import concurrency_note
 from llenergymeasure.orchestrator.analysis.costs import CO2, ENERGY_COST, ENERGY_KWH, FACILITY_KWH, GPU_TIME_COST, TOTAL_COST
 from llenergymeasure.orchestrator.analysis.compare import load_reproduction
@@ -307,6 +308,8 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         if summary[f"{LATENCY}_mean"].notna().any():
             pareto.append({"title": "Latency against energy per token", "uri": charts.pareto_chart(
                 summary, LATENCY, ENERGY, "pareto_latency_energy", "TTFT p50 (ms)", "J per output token")})
+    gpu = gpu_settings.report_parts(summary, runs, keys, has_energy)  # a sweep of gpu.* settings: its trade-off
+    findings["headlines"] = findings["headlines"] + gpu["headlines"]
     latency_chart = None
     if not summary.empty and summary["ttft_ms_p50_mean"].notna().any():
         latency_chart = charts.grouped_bars(
@@ -337,8 +340,10 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "same_output": _same_output(summary),
         "latency_columns": [{"key": c, "header": _latency_header(c)} for c in LATENCY_COLUMNS],
         "latency_chart": latency_chart,
-        "charts": _charts(results, keys, has_energy),
-        "pareto": pareto,
+        "charts": _charts(results, keys, has_energy) + gpu["charts"],
+        "pareto": pareto + gpu["pareto"],
+        "phase_split": phase_split.report_section(summary),
+        "serving": serving_section(summary, [e.model_dump() for e in m.experiments], has_energy, no_energy),
         "power": _power_section(results, power_runs),
         "cost_rows": _cost_rows(results),
         "cost_columns": [f"{r['experiment_index']}" for _, r in summary.iterrows()],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from llenergymeasure.orchestrator.study.analysis_section import Costs
+from llenergymeasure.orchestrator.study.precision import AUTO, DEFAULT_TARGET_CI_PCT
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study_manifest
 from llenergymeasure.orchestrator.analysis.agreement import output_agreement
@@ -38,6 +39,12 @@ def analysis_settings(manifest: Manifest) -> tuple[int, Costs, dict[str, str]]:
     return a.reference_index, Costs.model_validate(a.costs), dict(a.cost_sources)
 
 
+def auto_target(manifest: Manifest) -> float | None:
+    """execution.target_ci_pct of an n_cycles: auto study (None otherwise)."""
+    ex = manifest.execution
+    return float(ex.get("target_ci_pct", DEFAULT_TARGET_CI_PCT)) if ex.get("n_cycles") == AUTO else None
+
+
 def open_study(path: Path, reference: int | None = None) -> StudyResults:
     """Load DIR as a study directory; UserError (exit 2) when it is not one."""
     manifest = open_study_manifest(Path(path))
@@ -49,7 +56,8 @@ def open_study(path: Path, reference: int | None = None) -> StudyResults:
         ref = reference
     runs = pd.DataFrame(run_rows(manifest))
     summary = summarise(runs, experiments, ref, costs, include_energy=energy_published(manifest),
-                        max_cv=manifest.analysis.max_cv, agreement=output_agreement(manifest, ref))
+                        max_cv=manifest.analysis.max_cv, agreement=output_agreement(manifest, ref),
+                        ci_target_pct=auto_target(manifest))
     return StudyResults(path, manifest, runs, summary, ref, costs, sources)
 
 

@@ -19,29 +19,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from llenergymeasure.orchestrator.study import precision
+
 
 def is_missing(v: object) -> bool:
     """None, NaN or pandas' NA: a value the tables show as n/a."""
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
-LEVEL = 0.95
-
-
-def _clean(values: Iterable[float | None]) -> list[float]:
-    out = []
-    for v in values:
-        if v is None:
-            continue
-        f = float(v)
-        if not math.isnan(f):
-            out.append(f)
-    return out
-
-
-def _t(df: float) -> float:
-    from scipy import stats as _st  # here: scipy.stats costs ~1 s to import, and most commands never need it
-
-    return float(_st.t.ppf(0.5 + LEVEL / 2, df))
+LEVEL = precision.LEVEL
+_clean = precision.clean
+_t = precision.t_quantile  # the one Student-t quantile (study/precision.py; n_cycles: auto stops on it too)
 
 
 @dataclass(frozen=True)
@@ -63,7 +50,7 @@ def describe(values: Iterable[float | None]) -> Described:
     if n == 1:
         return Described(1, mean, None, None, None, None)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = _t(n - 1) * std / math.sqrt(n)
+    half = precision.half_width(std, n)
     cv = std / abs(mean) if mean else None
     return Described(n, mean, std, cv, mean - half, mean + half)
 

@@ -18,9 +18,11 @@ from typing import Any
 import pandas as pd
 
 from llenergymeasure.backends.atomic import write_bytes_atomic
-from llenergymeasure.orchestrator.analysis import stats
+from llenergymeasure.orchestrator.analysis import phase_split, stats
 from llenergymeasure.orchestrator.analysis.agreement import COMPARED, NOT_READ, SAME_LENGTH, SAME_TOKENS, Agreement
+from llenergymeasure.orchestrator.analysis import serving as serving_analysis
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.study import precision
 from llenergymeasure.orchestrator.study.analysis_section import DEFAULT_MAX_CV, Costs
 from llenergymeasure.orchestrator.analysis.costs import add_cost_columns
 from llenergymeasure.orchestrator.analysis.pareto import pareto_front
@@ -37,6 +39,8 @@ HEADLINE: tuple[tuple[str, bool], ...] = (
     ("energy_per_request_j", False),
     ("energy_j", False),
     ("avg_power_w", False),
+    ("energy_delay_product_js", False),
+    ("output_tokens_per_joule", True),
     ("ttft_ms_p50", False),
     ("ttft_ms_p90", False),
     ("ttft_ms_p99", False),
@@ -101,6 +105,18 @@ def high_variance(row: dict[str, Any], max_cv: float) -> list[str]:
     return out
 
 
+def ci_target_not_met(values: Mapping[str, list[float]], cycles: int, target_pct: float | None) -> list[str]:
+    """n_cycles: auto's flag for a configuration that stopped (at max_cycles, or on a failure)
+    with its 95% CI still wider than the target: the same interval and rule it stopped on
+    (study/precision.py), from the same finished runs."""
+    if target_pct is None:
+        return []
+    judged = {m: precision.ci_half_width_pct(values[m]) for m in VARIANCE_CHECKED  # measured ones only
+              if precision.clean(values.get(m, []))}
+    flag = precision.not_met_flag(judged, target_pct, cycles) if judged else None
+    return [flag] if flag else []
+
+
 def metric_columns(costs: Costs) -> list[str]:
     """The summarised metrics: the headline ones, then the cost columns `costs` allows."""
     probe = pd.DataFrame({"energy_per_output_token_j": [], "output_tokens_per_s": [], "n_gpus": []})
@@ -109,13 +125,15 @@ def metric_columns(costs: Costs) -> list[str]:
 
 def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_index: int = 1,
               costs: Costs | None = None, include_energy: bool = True,
-              max_cv: float = DEFAULT_MAX_CV, agreement: Mapping[int, Agreement] | None = None) -> pd.DataFrame:
+              max_cv: float = DEFAULT_MAX_CV, agreement: Mapping[int, Agreement] | None = None,
+              ci_target_pct: float | None = None) -> pd.DataFrame:
     """One row per experiment of the manifest (in index order), whether or not any run finished.
     `include_energy=False`: no energy, power, CO2 or Pareto columns at all. `max_cv`: above
     this coefficient of variation across cycles, throughput or energy per token is flagged.
     `agreement`: each experiment's output agreement with the reference (`agreement.py`, read
     from the run directories), computed for this `reference_index`; without it the columns are
-    there but empty, saying so."""
+    there but empty, saying so. `ci_target_pct` (n_cycles: auto's target_ci_pct): a configuration
+    whose throughput or energy-per-token interval is still wider is flagged `ci_target_not_met`."""
     runs = runs.copy()
     for col in ("experiment_index", "status"):
         if col not in runs:  # a study with no runs
@@ -123,6 +141,7 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
     costs = costs or Costs()
     cost_cols = add_cost_columns(runs, costs)
     metrics = [m for m in [m for m, _ in HEADLINE] + cost_cols if include_energy or not is_energy_column(m)]
+    metrics += serving_analysis.metric_columns(experiments)  # goodput, rates: serving studies only
     done = runs[runs["status"] == "done"]
     def column(idx: int, m: str) -> list[float]:
         if m not in done:  # a table from before the metric existed
@@ -149,6 +168,7 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
             "runs_planned": len(mine),
             "runs_done": len(ok),
             "runs_failed": n_failed,
+            "cycles_run": int(mine["status"].isin(("done", "failed")).sum()),  # n_cycles: auto: per configuration
             "energy_source": (", ".join(sorted(set(ok["energy_source"].dropna()))) or None) if "energy_source" in ok else None,
             "energy_unavailable_reason": next(iter(ok["energy_unavailable_reason"].dropna()), None)
             if "energy_unavailable_reason" in ok else None,
@@ -164,7 +184,11 @@ def summarise(runs: pd.DataFrame, experiments: list[dict[str, Any]], reference_i
         row.update((agreement or {}).get(idx, NOT_READ).model_dump())
         flags = _flags(len(ok), n_failed, len(mine) - len(ok) - n_failed,
                        _warning_codes(ok["warnings"]) if "warnings" in ok else {})
+        row.update(serving_analysis.saturation_columns(ok))  # serving: runs that fell behind their load
         flags += high_variance(row, max_cv)
+        row.update(phase_split.summary_columns(ok, e["config"]))  # prefill/decode, decode CI propagated
+        flags += phase_split.flags(row)
+        flags += ci_target_not_met(values[idx], row["cycles_run"], ci_target_pct)
         row["flags"] = "; ".join(flags)
         row["flagged"] = bool(flags)
         if cost_cols:

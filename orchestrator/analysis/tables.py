@@ -17,7 +17,9 @@ from llenergymeasure.backends.atomic import write_bytes_atomic
 from llenergymeasure.backends.contract import SCHEMA_VERSION
 from llenergymeasure.backends.harness.metrics import Metrics
 from llenergymeasure.orchestrator.execution.outcome import load_result
+from llenergymeasure.orchestrator.analysis import phase_split
 from llenergymeasure.orchestrator.analysis.energy_columns import energy_published, is_energy_column
+from llenergymeasure.orchestrator.analysis.gpu_settings import readback_columns
 from llenergymeasure.orchestrator.execution.manifest import Manifest
 
 METRIC_COLUMNS = list(Metrics.model_fields)
@@ -55,6 +57,8 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
         if result is not None:
             env = result.environment
             row.update(result.metrics.model_dump())
+            row.update(readback_columns(result))  # gpu: settings as enforced in the window
+            row.update(phase_split.run_columns(result))  # measurement.phase_split
             row.update(
                 {
                     "energy_source": result.energy_source,
@@ -92,8 +96,18 @@ def run_rows(manifest: Manifest) -> list[dict[str, Any]]:
     return rows
 
 
+def one_type_per_column(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet holds one type per column: a setting whose values mix numbers and text across
+    runs (serving.request_rate: [4, inf]) is written as text, as the summary writes it."""
+    for col in df.columns[df.dtypes == object]:
+        kinds = {type(v) for v in df[col].dropna()}
+        if str in kinds and kinds & {int, float} and kinds <= {str, int, float, bool}:
+            df[col] = [None if pd.isna(v) else str(v) for v in df[col]]
+    return df
+
+
 def write_runs_table(manifest: Manifest) -> Path:
-    df = pd.DataFrame(run_rows(manifest))
+    df = one_type_per_column(pd.DataFrame(run_rows(manifest)))
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     path = manifest.layout.runs_table

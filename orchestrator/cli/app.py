@@ -48,6 +48,11 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="llem")
 def main() -> None:
     """LLenergyMeasure: what a deployment choice does to an LLM's energy, throughput and latency."""
+    # GPU settings (gpu:) a llem that died left changed on this host are put back first,
+    # whatever the command (execution/gpu_levers.py); a directory listing when there are none
+    from llenergymeasure.orchestrator.execution.gpu_levers import restore_at_start
+
+    restore_at_start(lambda line: click.echo(f"llem: {line}", err=True))
 
 
 FORMATS = click.Choice(["table", "csv", "json", "markdown"])

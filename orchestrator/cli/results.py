@@ -23,9 +23,11 @@ def results_cmd(study_dir: Path, fmt: str, reference: int | None) -> None:
     from llenergymeasure.orchestrator.analysis.export import to_csv, to_json, to_markdown
     from llenergymeasure.orchestrator.analysis.formatting import cost_table, summary_table
     from llenergymeasure.orchestrator.analysis.results import open_study
+    from llenergymeasure.orchestrator.analysis.serving import serving_table
     from llenergymeasure.orchestrator.terminal import Terminal
 
     results = open_study(study_dir, reference)
+    serving = serving_table(results.summary)
     if fmt == "csv":
         click.echo(to_csv(results.summary), nl=False)
     elif fmt == "json":
@@ -35,10 +37,15 @@ def results_cmd(study_dir: Path, fmt: str, reference: int | None) -> None:
         costs = cost_table(results.summary)
         if costs:
             click.echo("\n" + to_markdown(*costs))
+        if serving:
+            click.echo("\n" + to_markdown(*serving))
     else:
         term = Terminal()
         term.notify(f"{results.name}: {results.study_dir}")
         term.print_summary(results)
+        if serving:  # goodput and saturation per configuration (a serving study)
+            term.print_rows(*serving, "serving: offered and achieved request rates, goodput (requests/s meeting "
+                                      "every serving.slo target) and runs that fell behind their load (saturated)")
 
 
 @main.command("report")

@@ -16,8 +16,9 @@ from typing import Protocol
 
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.errors import Failure
-from llenergymeasure.orchestrator.execution import failures
+from llenergymeasure.orchestrator.execution import failures, gpu_levers
 from llenergymeasure.orchestrator.execution.baselines import BaselineCache
+from llenergymeasure.orchestrator.execution.host_runs import execute_on_host
 from llenergymeasure.orchestrator.execution.manifest import Manifest, StudyLost
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
 from llenergymeasure.orchestrator.execution.recording import (
@@ -34,7 +35,9 @@ from llenergymeasure.orchestrator.study.spec import Study
 class Progress(Protocol):
     """Where the loop reports runs as they go (the terminal, in the CLI)."""
 
-    def begin(self, todo: list[PlannedRun], planned: int) -> None: ...
+    def begin(self, todo: list[PlannedRun], planned: int) -> None:
+        """`todo` is about to run, of `planned` runs in the study; called again (with more
+        runs, and the plan grown) when n_cycles: auto adds a cycle."""
 
     def start(self, run: PlannedRun, label: str) -> None: ...
 
@@ -60,6 +63,9 @@ class _Loop:
         exp = self.study.experiments[planned.experiment_index - 1]
         self.manifest.check_intact()  # never start a run into a study someone removed
         fresh_run_dir(self.manifest, planned.run_id)
+        ready = getattr(self.runner, "ready_for", None)
+        if ready is not None:  # the local runner's launcher: started before the run's clock, once a study
+            ready(exp.config)
         self.current = planned
         self.manifest.update(planned.run_id, "running", started_at=utc_now())
         self.progress.start(planned, exp.label)
@@ -67,7 +73,8 @@ class _Loop:
         job = RunJob.limited_by(self.study.execution, exp.config, self.manifest.run_dir(planned.run_id),
                                 on_tick=self.progress.tick, extra_env=self.baselines.env_for(exp.config))
         try:
-            outcome = self.runner.execute(job)
+            # with its gpu: settings, restored after; registered as active on this host
+            outcome = execute_on_host(job, lambda: gpu_levers.execute(self.runner, job))
         except RunnerLost as e:
             self.progress.end(record_lost(self.manifest, planned.run_id, str(e)), time.monotonic() - t0)
             raise Failure(f"{e} during run {planned.run_id}; the study stopped there. Finished runs "
@@ -107,10 +114,11 @@ class _Loop:
 
 
 def run_plan(manifest: Manifest, study: Study, runs: list[PlannedRun], runner: Runner, progress: Progress,
-             policy: Policy) -> LoopResult:
-    """Run `runs` in order through `runner`, recording each; the loop's result."""
+             policy: Policy, previous: PlannedRun | None = None) -> LoopResult:
+    """Run `runs` in order through `runner`, recording each; the loop's result. `previous`:
+    the run just before them (n_cycles: auto's added cycle follows the last one, after
+    gap_between_cycles_s)."""
     loop = _Loop(manifest, study, runner, progress, policy)
-    previous: PlannedRun | None = None
     try:
         for i, planned in enumerate(runs):
             loop.gap_before(planned, previous)

@@ -7,6 +7,10 @@ on purpose (--fail-fast, too many failures in a row). `--resume` re-runs pending
 skipped and interrupted runs (failed ones with --retry-failed); each earlier try
 of a run is kept in its `attempts` (its files under attempts/<run id>/<n>/).
 
+With `n_cycles: auto` the plan grows while the study runs: each added cycle's runs are
+appended (`add_runs`), pending, after everything planned so far, and saved before any of
+them starts.
+
 The study's own `status`: running | finished | paused | stopped | interrupted |
 failed, with `status_reason`; `sessions` lists every `llem run` / `--resume` that
 worked on the study.
@@ -90,6 +94,12 @@ class RunEntry(_Record):
     attempts: list[Attempt] = Field(default_factory=list)
     gpu_uuids: list[str] | None = Field(None, exclude_if=_unset)  # placed by the parallel scheduler
     slurm: SlurmTask | None = Field(None, exclude_if=_unset)
+
+    @classmethod
+    def planned(cls, run: PlannedRun) -> RunEntry:
+        """A planned run, pending."""
+        return cls(run_id=run.run_id, experiment_index=run.experiment_index, cycle=run.cycle,
+                   position=run.position, run_dir=StudyLayout.run_dir_entry(run.run_id))
 
     def reset(self) -> None:
         """Pending again, with nothing of the last try (which the caller kept)."""
@@ -182,8 +192,7 @@ class Manifest(_Record):
             experiments=[ExperimentEntry(index=e.index, id=e.id, label=e.label, origin=e.origin, swept=e.swept,
                                          config=e.config.model_dump(mode="json", exclude_none=True))
                          for e in study.experiments],
-            runs=[RunEntry(run_id=r.run_id, experiment_index=r.experiment_index, cycle=r.cycle,
-                           position=r.position, run_dir=StudyLayout.run_dir_entry(r.run_id)) for r in plan],
+            runs=[RunEntry.planned(r) for r in plan],
             **fields,
         )
         manifest._study_dir = study_dir
@@ -275,6 +284,15 @@ class Manifest(_Record):
 
     def begin_session(self, **info: Any) -> None:
         self.sessions.append(SessionEntry(started_at=utc_now(), **info))
+        self.status, self.status_reason = "running", None
+        self.save()
+
+    def add_runs(self, runs: list[PlannedRun]) -> None:
+        """Runs planned on the fly (n_cycles: auto's added cycles), pending, after every run
+        planned so far; the study is running again until they are done."""
+        taken = {r.run_id for r in self.runs}
+        assert not taken & {r.run_id for r in runs} and all(r.position > len(self.runs) for r in runs)
+        self.runs = [*self.runs, *(RunEntry.planned(r) for r in runs)]
         self.status, self.status_reason = "running", None
         self.save()
 

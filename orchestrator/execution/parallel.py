@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.orchestrator.errors import Failure, UserError
-from llenergymeasure.orchestrator.execution import failures
+from llenergymeasure.orchestrator.execution import failures, gpu_levers
 from llenergymeasure.orchestrator.execution.gpu_slots import GpuSlots, HostGpus, NvmlHostGpus, max_parallel
+from llenergymeasure.orchestrator.execution.host_runs import execute_on_host
 from llenergymeasure.orchestrator.execution.locks import device_keys
 from llenergymeasure.orchestrator.execution.manifest import Manifest, StudyLost, StudyStatus
 from llenergymeasure.orchestrator.execution.outcome import RunOutcome
@@ -159,7 +160,8 @@ class _Schedule:
         job = RunJob.limited_by(self.runner.study.execution, exp.config, self.manifest.run_dir(planned.run_id),
                                 on_tick=self._tick, gpus=gpus)
         try:
-            return self.runner.inner.execute(job)
+            # its gpu: settings on exactly its GPUs; registered as active on this host (cpu_energy_shared)
+            return execute_on_host(job, lambda: gpu_levers.execute(self.runner.inner, job))
         except _Cancelled:
             return RunOutcome("failed", None, error=self.stop[1] if self.stop else "interrupted",
                               kind=failures.INTERRUPTED)

@@ -4,9 +4,11 @@
   working on (the study lock, orchestrator/execution/locks.py).
 - The study file (the copy in DIR, or the FILE given) must still expand to the same
   plan: the same experiments (by configuration hash) and the same runs (cycles,
-  order, seed). Anything else is explained and refused: results of two plans would
-  be mixed. Settings that don't change the plan (timeouts, gaps, failure limits)
-  may change and are taken from the file.
+  order, seed; with n_cycles: auto, the same target_ci_pct and max_cycles, and the
+  cycles it added so far are kept, further ones decided from the finished runs on
+  disk). Anything else is explained and refused: results of two plans would be
+  mixed. Settings that don't change the plan (timeouts, gaps, failure limits) may
+  change and are taken from the file.
 - What the manifest says is checked against the disk first: a run left `running`
   by an orchestrator that died is interrupted (or done, if its result.json is
   complete and valid); a done run whose result.json no longer validates is damaged
@@ -31,8 +33,12 @@ from llenergymeasure.orchestrator.execution.manifest import Manifest, open_study
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.processes import run_dir_of
 from llenergymeasure.orchestrator.study.plan import PlannedRun
-from llenergymeasure.orchestrator.study.spec import Study
+from llenergymeasure.orchestrator.study.spec import Execution, Study
 
+
+
+# settings that decide which runs a study has: a resumed study must keep them
+PLAN_KEYS = ("n_cycles", "order", "shuffle_seed", "target_ci_pct", "max_cycles")
 
 
 def open_study_dir(path: Path) -> Manifest:
@@ -52,9 +58,10 @@ def plan_differences(manifest: Manifest, study: Study, plan: list[PlannedRun]) -
     """What differs between the study's plan and what the file expands to now."""
     diffs = []
     ex_old, ex_new = manifest.execution, study.execution.model_dump(mode="json")
-    for key in ("n_cycles", "order", "shuffle_seed"):
-        if ex_old.get(key) != ex_new.get(key):
-            diffs.append(f"execution.{key}: {ex_old.get(key)!r} in the study, {ex_new.get(key)!r} now")
+    for key in PLAN_KEYS:
+        default = Execution.model_fields[key].default  # a study from before the setting existed had it
+        if ex_old.get(key, default) != ex_new.get(key):
+            diffs.append(f"execution.{key}: {ex_old.get(key, default)!r} in the study, {ex_new.get(key)!r} now")
     old = [(e.id, e.label) for e in manifest.experiments]
     new = [(e.id, e.label) for e in study.experiments]
     old_ids, new_ids = {i for i, _ in old}, {i for i, _ in new}
@@ -68,8 +75,21 @@ def plan_differences(manifest: Manifest, study: Study, plan: list[PlannedRun]) -
     if not diffs and [i for i, _ in old] != [i for i, _ in new]:
         diffs.append("the experiments are the same but in a different order")
     if not diffs:
-        if manifest.planned() != plan:
-            diffs.append("the run order differs")
+        diffs += _run_differences(manifest, study, plan)
+    return diffs
+
+
+def _run_differences(manifest: Manifest, study: Study, plan: list[PlannedRun]) -> list[str]:
+    """The manifest's runs against the plan; with n_cycles: auto, the runs it starts with,
+    and any it added since within max_cycles (the decisions are the study's own)."""
+    planned = manifest.planned()
+    if not study.execution.auto:
+        return [] if planned == plan else ["the run order differs"]
+    diffs = [] if planned[:len(plan)] == plan else ["the run order of the first cycles differs"]
+    beyond = [r.run_id for r in planned[len(plan):]
+              if not study.execution.first_cycles < r.cycle <= study.execution.max_cycles]
+    if beyond:
+        diffs.append(f"run(s) {', '.join(beyond[:5])} are not cycles n_cycles: auto could have added")
     return diffs
 
 

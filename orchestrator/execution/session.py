@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from llenergymeasure.orchestrator.errors import Failure, NothingStarted, UserError
+from llenergymeasure.orchestrator.execution import auto_cycles, gpu_levers
 from llenergymeasure.orchestrator.execution import resume as resuming
 from llenergymeasure.orchestrator.execution.locks import DeviceLocks, FileLock, lock_study_dir
 from llenergymeasure.orchestrator.execution.loop import Progress, run_plan
@@ -47,6 +48,7 @@ class PreparedStudy:
     placements: dict[int, Placement]
     images: dict[str, str] | None = None  # backend -> expected image tag and whether it is present
     engines: dict[int, str] | None = None  # experiment index -> TensorRT-LLM engine key and cache state
+    levers: gpu_levers.LeverPlan | None = None  # the GPUs whose gpu: settings the study changes here
 
     @property
     def runnable(self) -> bool:
@@ -127,6 +129,9 @@ class Session:
         with sigterm_interrupts():
             devices.acquire(wait=s.wait, notify=self.notify)
             try:
+                gpu_levers.restore_orphans(self.notify)  # left by a llem that died while we waited
+                if self.prepared.levers is not None:  # permission, before anything exists: never half-run
+                    self.prepared.levers.probe(self.notify)
                 todo = self._open()
                 self.opened = True
                 self._begin(devices.devices)
@@ -198,19 +203,38 @@ class Session:
         self.notify(f"results: {self.manifest.study_dir}")
 
     def _dispatch(self, todo: list[PlannedRun], progress: Progress) -> LoopResult | None:
-        manifest, runner = self.manifest, self.prepared.runner
+        """`todo`, then (n_cycles: auto) each added cycle, until no configuration needs one."""
+        manifest, execution = self.manifest, self.prepared.study.execution
         assert manifest is not None
-        policy = Policy(fail_fast=self.settings.fail_fast,
-                        max_consecutive_failures=self.prepared.study.execution.max_consecutive_failures)
+        policy = Policy(fail_fast=self.settings.fail_fast, max_consecutive_failures=execution.max_consecutive_failures)
+        pub = execution.publication
         try:
-            if isinstance(runner, PlanRunner):  # Slurm, parallel GPUs: the plan at once
-                return runner.run_whole(manifest, [p.run_id for p in todo], self.notify, policy=policy,
-                                        detach=self.settings.detach)
-            progress.begin(todo, len(self.prepared.plan))
-            return run_plan(manifest, self.prepared.study, todo, runner, progress, policy)
+            result = self._run_runs(todo, progress, policy, None)
+            previous = todo[-1] if todo else None
+            while execution.auto and result is not None and result.stopped is None:
+                added = auto_cycles.next_round(manifest, execution, self.notify,
+                                               energy=pub is None or pub.energy_required)
+                if not added:
+                    break
+                more = self._run_runs(added, progress, policy, previous)
+                assert more is not None  # only a detached Slurm study returns None, and Slurm refuses auto
+                result, previous = LoopResult(result.failed + more.failed, more.stopped), added[-1]
+            return result
         except KeyboardInterrupt:
             self.notify(f"to continue this study: {resume_hint(manifest)}")
             raise
         except NothingStarted:
             self.discarded = self.settings.resumed is None  # a new study that never started: leave nothing behind
             raise
+
+    def _run_runs(self, runs: list[PlannedRun], progress: Progress, policy: Policy,
+                  previous: PlannedRun | None) -> LoopResult | None:
+        """`runs` through the runner: the whole list at once (Slurm, parallel GPUs) or one by
+        one (`previous`: the run before them, for the gap between cycles)."""
+        manifest, runner = self.manifest, self.prepared.runner
+        assert manifest is not None
+        if isinstance(runner, PlanRunner):  # Slurm, parallel GPUs: the plan at once
+            return runner.run_whole(manifest, [p.run_id for p in runs], self.notify, policy=policy,
+                                    detach=self.settings.detach)
+        progress.begin(runs, len(manifest.runs))
+        return run_plan(manifest, self.prepared.study, runs, runner, progress, policy, previous=previous)

@@ -129,7 +129,7 @@ def _refuse(problems: list[str]) -> None:
 def check_pins(study: Study, runner: RunnerBase) -> None:
     """Before anything is resolved or built: the tool's tree, models, cycles, image bases."""
     problems = tool_tree_problems() + model_problems(study)
-    if study.execution.n_cycles < MIN_CYCLES:
+    if study.execution.first_cycles < MIN_CYCLES:  # n_cycles: auto starts with MIN_CYCLES
         problems.append(f"execution.n_cycles: {study.execution.n_cycles} planned; a publication needs at least "
                         f"{MIN_CYCLES} cycles for confidence intervals; set n_cycles: {MIN_CYCLES} or more")
     if runner.name == "docker":

@@ -8,6 +8,9 @@ id and full config, the run order, model revisions (commits, or content hashes o
 local and built-in models), dataset hashes, images by id and digest, the tool's
 version and commit. Loading it is loading a study; running it first checks that
 the study still resolves to exactly the locked plan and pins (`verify_lock`).
+With `n_cycles: auto` the lock pins the rule (target_ci_pct, max_cycles) and the first
+cycles' order; once the study has run, `record_cycles_run` adds the cycles each
+configuration actually ran.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from llenergymeasure.backends.harness.gpu import GpuDiscovery, nvml_inventory
 from llenergymeasure.backends.prompts import dataset_path
 from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.orchestrator.study.plan import PlannedRun
 from llenergymeasure.orchestrator.study.spec import Study
 from llenergymeasure.orchestrator.study.yaml_file import read_yaml
@@ -101,6 +105,15 @@ def host_environment(runner: str) -> dict[str, Any]:
     return env
 
 
+def _cycles_text(study: Study) -> str:
+    ex = study.execution
+    if not ex.auto:
+        return f"{ex.n_cycles} cycle(s)"
+    return (f"{ex.describe_cycles()}: the first cycles in the order, then one more cycle at a time of the "
+            "configurations whose 95% CI was still wider than the target (`cycles_run` in the lock says how many "
+            "each ran; a re-run decides its added cycles from its own runs)")
+
+
 def reproduce_text(study: Study, lock: dict[str, Any], study_dir: Path) -> str:
     commit = lock["tool_commit"] or "(unknown)"
     layout = StudyLayout(study_dir)
@@ -111,7 +124,7 @@ def reproduce_text(study: Study, lock: dict[str, Any], study_dir: Path) -> str:
     return f"""# Reproducing {study.name}
 
 Run by llem {lock['tool_version']} at commit `{commit}` with the {lock['runner']} runner:
-{len(lock['experiments'])} configuration(s) x {study.execution.n_cycles} cycle(s), in the order
+{len(lock['experiments'])} configuration(s) x {_cycles_text(study)}, in the order
 recorded in `{layout.study_lock.name}` (which also pins models, datasets{' and images' if lock['runner'] == 'docker' else ''}).
 The machine it ran on is described in `{layout.environment.name}`; differences in GPU, driver or
 CPU explain most differences in the numbers.
@@ -142,6 +155,9 @@ def write_bundle(study_dir: Path, study: Study, lock: dict[str, Any]) -> None:
     execution = dict(data.get("execution") or {})
     execution["publication"] = study.execution.publication.model_dump(mode="json")  # type: ignore[union-attr]
     execution["n_cycles"] = study.execution.n_cycles  # --cycles on the command line is part of the plan
+    if study.execution.auto:  # the rule the added cycles follow, defaults resolved
+        execution["target_ci_pct"] = study.execution.target_ci_pct
+        execution["max_cycles"] = study.execution.max_cycles
     data["execution"] = execution
     data["lock"] = lock
     header = (f"# llem study lock for {study.name}, written {study_dir.name}. A valid study file:\n"
@@ -150,6 +166,28 @@ def write_bundle(study_dir: Path, study: Study, lock: dict[str, Any]) -> None:
     write_bytes_atomic(layout.study_lock, (header + yaml.safe_dump(data, sort_keys=False)).encode("utf-8"))
     write_json_atomic(layout.environment, host_environment(runner))
     write_bytes_atomic(layout.reproduce_md, reproduce_text(study, lock, study_dir).encode("utf-8"))
+
+
+def record_cycles_run(manifest: Manifest) -> None:
+    """n_cycles: auto, after the study: the cycles each configuration actually ran (finished or
+    failed), as `lock.cycles_run` (experiment index -> cycles) in study.lock.yaml, and the
+    runs the study added to its locked `run_order` as `lock.runs_added`. Rewritten whole,
+    atomically, each time a session of the study ends."""
+    from llenergymeasure.backends.atomic import write_bytes_atomic
+
+    path = manifest.layout.study_lock
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    header = "".join(lines[:next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))])
+    data = yaml.safe_load(text)
+    ran = {e.index: 0 for e in manifest.experiments}
+    for run in manifest.runs:
+        if run.state in ("done", "failed"):
+            ran[run.experiment_index] += 1
+    locked = set(data["lock"].get("run_order") or [])
+    data["lock"]["cycles_run"] = ran
+    data["lock"]["runs_added"] = [r.run_id for r in manifest.in_order() if r.run_id not in locked]
+    write_bytes_atomic(path, (header + yaml.safe_dump(data, sort_keys=False)).encode("utf-8"))
 
 
 def verify_lock(study: Study, plan: list[PlannedRun], runner: str) -> None:

@@ -136,8 +136,9 @@ def _execution(data: dict[str, Any], path: Path, is_study: bool, cycles: int | N
         raise UserError(f"{path}: execution: must be a mapping (n_cycles, order, ...)")
     if not is_study and "n_cycles" not in exec_raw:
         exec_raw = {**exec_raw, "n_cycles": 1}  # one experiment: one run unless asked
-    if cycles is not None:
-        exec_raw = {**exec_raw, "n_cycles": cycles}
+    if cycles is not None:  # --cycles N replaces n_cycles: auto too, and with it auto's own settings
+        exec_raw = {k: v for k, v in exec_raw.items() if k not in ("target_ci_pct", "max_cycles")}
+        exec_raw["n_cycles"] = cycles
     try:
         return Execution.model_validate(exec_raw)
     except ValidationError as e:
@@ -183,7 +184,7 @@ def load_study(path: Path, cycles: int | None = None, base_dir: Path | None = No
     slurm = check_slurm_section(data.get("slurm"), path)
     analysis = parse_analysis(data.get("analysis"), path)
     lock = _lock_section(data.get("lock"), path)
-    points = _points(data, base, execution.n_cycles, path)
+    points = _points(data, base, execution.most_cycles, path)  # n_cycles: auto: sized for max_cycles
     base_dir = Path(base_dir).absolute() if base_dir else path.absolute().parent
     resolver = PathResolver(base_dir)
     experiments, notes = _unique(_validate(points, path, resolver))

@@ -30,17 +30,35 @@ from tests.support.fakes import (
 # --- NVML counter ---------------------------------------------------------------
 
 
+class SteppedClock:
+    """Time moves when the code under test sleeps, or when the test sets it."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
 def test_counter_path_reads_scripted_counter_steps():
-    # The counter advances in steps (NVML updates it every few tens of ms).
-    a = FakeGpu("GPU-a", energy_mj=[(0, 1_000_000), (0.1, 1_000_500), (0.15, 1_002_000)])
-    b = FakeGpu("GPU-b", energy_mj=[(0, 7_000), (0.1, 10_000)])
+    # The counter advances in steps (NVML updates it every few tens of ms); each window edge
+    # is stamped at the next step of every GPU (NvmlCounterMeter), so only whole steps count.
+    clock = SteppedClock()
+    a = FakeGpu("GPU-a", energy_mj=[(0, 1_000_000), (0.1, 1_000_500), (0.15, 1_002_000), (0.3, 1_002_700)],
+                clock=clock)
+    b = FakeGpu("GPU-b", energy_mj=[(0, 7_000), (0.1, 10_000), (0.3, 13_000)], clock=clock)
     meter = select_gpu_meter(GpuDiscovery([a, b]))
     assert isinstance(meter, NvmlCounterMeter) and meter.source == "nvml_total_energy_counter"
     assert meter.fallback_reason is None
+    meter = NvmlCounterMeter([a, b], clock=clock, sleep=clock.sleep)
     with measured(meter) as out:
-        time.sleep(0.2)
-    assert out[0].per_device_j == {"GPU-a": 2.0, "GPU-b": 3.0}
-    assert out[0].energy_j == 5.0 and out[0].coverage is None
+        clock.t = 0.2  # the window's work; its end edge waits for the steps at 0.3 s
+    assert out[0].per_device_j == {"GPU-a": pytest.approx(2.2), "GPU-b": 3.0}
+    assert out[0].energy_j == pytest.approx(5.2) and out[0].coverage is None
+    assert (meter.started_at, meter.stopped_at) == (pytest.approx(0.1, abs=0.002), pytest.approx(0.3, abs=0.002))
 
 
 def test_one_gpu_without_counter_moves_every_gpu_to_polling():

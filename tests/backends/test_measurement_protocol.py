@@ -14,8 +14,10 @@ from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.metrics import compute_metrics
 from llenergymeasure.backends.harness.protocol import reusable_baseline
 from llenergymeasure.backends.harness.result import Baseline
-from llenergymeasure.backends.harness.stabilise import wait_for_plateau
-from llenergymeasure.backends.harness.steady_state import steady_state_window
+from llenergymeasure.backends.harness.stabilise import spread, stabilise_under_load
+from llenergymeasure.backends.harness.steady_state import (
+    NoSteadyState, SteadyState, mean_in_flight, steady_state_window,
+)
 from llenergymeasure.backends.harness.energy import HostCpuMeter, host_busy_s, longest_gap_s
 from llenergymeasure.backends.harness.validity import (
     CODES, HOST_CONTENTION_CORES, MAX_GAP_INTERVALS, POWER_CAP_SHARE, energy_warnings, gap_warnings,
@@ -194,10 +196,11 @@ def test_every_code_is_explained():
     assert all(isinstance(v, str) and v for v in CODES.values())
 
 
-# -- thermal stabilisation -----------------------------------------------------------------
+# -- thermal stabilisation under load --------------------------------------------------------
+# The harness end to end (a fake GPU with a thermal model): test_plateau_under_load.py.
 
 class ScriptedClock:
-    """Time advances only when the code sleeps: the wait loop runs instantly."""
+    """Time advances only when a (scripted) pass runs: the loop runs instantly."""
 
     def __init__(self):
         self.t = 0.0
@@ -205,48 +208,93 @@ class ScriptedClock:
     def __call__(self):
         return self.t
 
-    def sleep(self, s):
-        self.t += s
+
+class ScriptedLoad:
+    """Passes of pass_s each; the sampler's 0.1 s samples of a GPU that heats under load
+    as `temp(t)` / `power(t)` over time since the first pass."""
+
+    def __init__(self, clock, temp, power, pass_s=1.0):
+        self.clock, self.temp, self.power, self.pass_s = clock, temp, power, pass_s
+        self.samples, self.passes = [], 0
+
+    def run_pass(self):
+        self.passes += 1
+        end = self.clock.t + self.pass_s
+        while self.clock.t < end - 1e-9:
+            self.clock.t = round(self.clock.t + 0.1, 6)
+            self.samples.append((self.clock.t, self.temp(self.clock.t), self.power(self.clock.t)))
+
+    def read(self):
+        return list(self.samples)
 
 
-def plateau_after(clock, settle_s, temp_end=70.0):
-    def read():
-        t = min(clock.t, settle_s)
-        return (40.0 + (temp_end - 40.0) * t / settle_s, 100.0 + 150.0 * t / settle_s)
-    return read
+def heating(settle_s, temp_end=70.0):
+    """Temperature and power ramping linearly from 40 °C / 100 W to a plateau at settle_s."""
+    return (lambda t: 40.0 + (temp_end - 40.0) * min(t, settle_s) / settle_s,
+            lambda t: 100.0 + 150.0 * min(t, settle_s) / settle_s)
 
 
-def test_waits_until_temperature_and_power_plateau():
+def test_passes_run_until_temperature_and_power_plateau_under_load():
     clock = ScriptedClock()
+    load = ScriptedLoad(clock, *heating(30.0))
     m = MeasurementConfig(stabilisation_max_s=120, stabilisation_window_s=5)
-    st = wait_for_plateau(plateau_after(clock, 30.0), m, clock=clock, sleep=clock.sleep)
+    st = stabilise_under_load(load.run_pass, load.read, m, clock=clock)
     assert st.reached is True and 33 <= st.waited_s <= 36  # 30 s ramp + most of a 5 s window
+    assert st.passes == load.passes == round(st.waited_s)  # the GPU ran passes all along
+    assert f"{st.passes} pass(es)" in st.detail and "under load" in st.detail
 
 
-def test_gives_up_at_the_maximum_and_says_so():
+def test_gives_up_at_the_maximum_and_says_how_far_from_flat():
     clock = ScriptedClock()
+    load = ScriptedLoad(clock, *heating(300.0, temp_end=190.0))
     m = MeasurementConfig(stabilisation_max_s=20, stabilisation_window_s=5)
-    st = wait_for_plateau(plateau_after(clock, 300.0, temp_end=190.0), m, clock=clock, sleep=clock.sleep)
+    st = stabilise_under_load(load.run_pass, load.read, m, clock=clock)
     assert st.reached is False and 20 <= st.waited_s <= 21 and "still moving" in st.detail
+    assert "±2.5 °C" in st.detail and "tolerance 1 °C, 10 W" in st.detail  # 0.5 °C/s over 5 s
+    assert codes(window_warnings(**{**BASE, "stabilised": st.reached, "stabilisation_detail": st.detail})) \
+        == {"not_stabilised"}
 
 
-def test_minimum_wait_is_respected_and_zero_disables():
+def test_a_long_pass_overshoots_the_maximum_by_at_most_itself():
     clock = ScriptedClock()
-    flat = lambda: (50.0, 200.0)  # noqa: E731
+    load = ScriptedLoad(clock, *heating(300.0, temp_end=190.0), pass_s=8.0)
+    st = stabilise_under_load(load.run_pass, load.read, MeasurementConfig(stabilisation_max_s=20), clock=clock)
+    assert st.reached is False and st.passes == 3 and st.waited_s == pytest.approx(24.0)
+
+
+def test_power_swinging_within_each_pass_is_no_trend():
+    # instantaneous power alternates prefill/decode (+-60 W) every sample at a flat mean
+    clock = ScriptedClock()
+    load = ScriptedLoad(clock, lambda t: 60.0, lambda t: 300.0 + (60.0 if round(t * 10) % 2 else -60.0))
+    st = stabilise_under_load(load.run_pass, load.read, MeasurementConfig(stabilisation_window_s=5), clock=clock)
+    assert st.reached is True and st.waited_s == pytest.approx(6.0)  # first sample 0.1 s in: 6th pass
+
+
+def test_minimum_wait_is_respected_zero_disables_and_no_readings_stop():
+    clock = ScriptedClock()
+    load = ScriptedLoad(clock, lambda t: 50.0, lambda t: 200.0)
     m = MeasurementConfig(stabilisation_max_s=60, stabilisation_min_s=12, stabilisation_window_s=2)
-    assert wait_for_plateau(flat, m, clock=clock, sleep=clock.sleep).waited_s >= 12
-    st = wait_for_plateau(flat, MeasurementConfig(stabilisation_max_s=0))
-    assert st.reached is None and st.waited_s == 0
-    st = wait_for_plateau(lambda: (None, None), MeasurementConfig())
-    assert st.reached is None and "no temperature" in st.detail
+    assert stabilise_under_load(load.run_pass, load.read, m, clock=clock).waited_s >= 12
+    st = stabilise_under_load(load.run_pass, load.read, MeasurementConfig(stabilisation_max_s=0), clock=clock)
+    assert st.reached is None and st.waited_s == 0 and st.passes == 0
+    blind = ScriptedLoad(ScriptedClock(), lambda t: None, lambda t: None)
+    st = stabilise_under_load(blind.run_pass, blind.read, MeasurementConfig(), clock=blind.clock)
+    assert st.reached is None and "no temperature" in st.detail and st.passes == 5  # one window of passes
+
+
+def test_spread_needs_a_whole_window_of_samples():
+    samples = [(t / 10, 60.0, 300.0) for t in range(31)]  # 0..3 s
+    assert spread(samples, now=3.0, window_s=5.0) is None
+    s = spread(samples, now=3.0, window_s=2.0)
+    assert s.temperature_c == 0.0 and s.power_w == 0.0
 
 
 # -- steady state ----------------------------------------------------------------------------
 
-def continuous_batching(n_requests=20, cap=4, tokens=lambda i: 3 + i % 4, step=0.01):
+def continuous_batching(n_requests=40, cap=4, tokens=lambda i: 20 + (7 * i) % 16, step=0.01):
     """Records as an engine running `cap` requests at once would produce; requests
     of different lengths, so they finish and are replaced at different steps."""
-    records, running, queue, t = [], {}, list(range(n_requests)), 0.0
+    running, queue, t = {}, list(range(n_requests)), 0.0
     times = {i: [] for i in range(n_requests)}
     while queue or running:
         while queue and len(running) < cap:
@@ -261,31 +309,62 @@ def continuous_batching(n_requests=20, cap=4, tokens=lambda i: 3 + i % 4, step=0
             for i in range(n_requests)]
 
 
+def span(first, last, n=5):
+    return RequestRecord(input_tokens=3, submitted_s=0.0, arrival_s=0.0,
+                         token_times_s=[first + (last - first) * k / (n - 1) for k in range(n)])
+
+
+def issue_example():
+    """Issue 18: 3 short requests and a straggler in flight at 0-1 s (4 at once), 3 more at
+    11-12 s, the straggler alone in between (to 20 s). The peak-based window called 0-12 s
+    "steady at concurrency 4"; requests in flight over it average 1.5."""
+    return [span(0, 1), span(0, 1), span(0, 1), span(0, 20), span(11, 12), span(11, 12), span(11, 12)]
+
+
+def test_issue_example_has_no_steady_state_at_its_peak():
+    recs = issue_example()
+    assert mean_in_flight([(r.token_times_s[0], r.token_times_s[-1]) for r in recs], 0, 12) == pytest.approx(1.5)
+    at4 = steady_state_window(recs, concurrency=4)  # 7 requests: not more than 2 x 4
+    assert isinstance(at4, NoSteadyState) and "not more than 2 x 4" in at4.reason
+    at3 = steady_state_window(recs, concurrency=3)  # 3rd first token (0 s) to 4th completion (12 s)
+    assert isinstance(at3, NoSteadyState) and at3.mean_concurrency == pytest.approx(1.5)
+    assert "1.50 requests in flight on average" in at3.reason and "80% of the configured 3" in at3.reason
+
+
+def test_steady_state_runs_from_the_bth_first_token_to_the_n_minus_bth_completion():
+    recs = continuous_batching()
+    st = steady_state_window(recs, concurrency=4, min_duration_s=0.01)
+    assert isinstance(st, SteadyState) and st.concurrency == 4
+    assert st.start_s == sorted(r.token_times_s[0] for r in recs)[3]
+    assert st.end_s == sorted(r.token_times_s[-1] for r in recs)[40 - 4 - 1]
+    assert 3.8 < st.mean_concurrency <= 4  # the engine held its 4
+    grid = [st.start_s + k * (st.end_s - st.start_s) / 500 for k in range(501)]
+    assert sum(in_flight(recs, t) == 4 for t in grid) / len(grid) > 0.8  # 3 only at hand-overs
+    last_token = max(r.token_times_s[-1] for r in recs)
+    assert st.end_s < last_token  # the drain is left out
+    assert st.output_tokens == sum(1 for r in recs for t in r.token_times_s if st.start_s < t <= st.end_s)
+    assert isinstance(steady_state_window(recs[:8], concurrency=4), NoSteadyState)  # N = 2B
+
+
+def test_an_engine_that_cannot_hold_the_configured_concurrency_has_no_steady_state():
+    recs = continuous_batching(cap=2)  # configured 4, but only 2 fit (e.g. a small KV cache)
+    st = steady_state_window(recs, concurrency=4, min_duration_s=0.01)
+    assert isinstance(st, NoSteadyState) and st.mean_concurrency == pytest.approx(2.0, abs=0.1)
+    short = steady_state_window(continuous_batching(tokens=lambda i: 2), concurrency=4)
+    assert isinstance(short, NoSteadyState) and "under 0.5 s" in short.reason
+
+
 def in_flight(records, t):
     return sum(1 for r in records if r.token_times_s[0] <= t <= r.token_times_s[-1])
 
 
-def test_steady_state_spans_the_full_concurrency_plateau():
-    recs = continuous_batching()
-    st = steady_state_window(recs, min_duration_s=0.01)
-    assert st.concurrency == 4
-    grid = [k / 1000 for k in range(0, 400)]
-    assert all(in_flight(recs, t) < 4 for t in grid if t < st.start_s - 1e-9)  # ramp-up excluded
-    assert all(in_flight(recs, t) < 4 for t in grid if t > st.end_s + 1e-9)  # drain excluded
-    assert in_flight(recs, st.start_s) == 4 and in_flight(recs, st.end_s) == 4
-    last_token = max(r.token_times_s[-1] for r in recs)
-    assert st.end_s < last_token  # the queue drained before the last request finished
-    assert st.output_tokens == sum(1 for r in recs for t in r.token_times_s if st.start_s <= t <= st.end_s)
-    assert steady_state_window(recs[:1]) is None
-
-
 def test_steady_metrics_are_reported_beside_whole_window():
     recs = continuous_batching()
-    st = steady_state_window(recs, min_duration_s=0.01)
+    st = steady_state_window(recs, concurrency=4, min_duration_s=0.01)
     m = compute_metrics(recs, EnergyReading(duration_s=0.3, energy_j=30.0), model_load_s=0,
                         peak_memory_mb=None, n_parameters=10, baseline_power_w=None, n_passes=2,
                         steady=st, steady_energy_j=12.0)
-    assert m.n_passes == 2 and m.energy_per_request_j == pytest.approx(30.0 / 20)
+    assert m.n_passes == 2 and m.energy_per_request_j == pytest.approx(30.0 / 40)
     assert m.energy_per_total_token_j == pytest.approx(30.0 / (m.input_tokens + m.output_tokens))
     assert m.energy_per_flop_j == pytest.approx(30.0 / m.flops_estimate)
     assert m.steady_state_concurrency == 4
@@ -296,13 +375,15 @@ def test_steady_metrics_are_reported_beside_whole_window():
 # -- baseline reuse ---------------------------------------------------------------------------
 
 def test_baseline_is_reused_only_when_fresh_and_from_the_same_gpus(monkeypatch):
-    b = Baseline(power_w=61.5, measured_at_unix=time.time() - 30, devices=["GPU-a"], reused=False)
+    src = "nvml_total_energy_counter"
+    b = Baseline(power_w=61.5, power_per_device_w={"GPU-a": 61.5}, source=src, measured_at_unix=time.time() - 30,
+                 devices=["GPU-a"], reused=False)
     monkeypatch.setenv(contract.ENV_BASELINE, b.model_dump_json())
     reuse = MeasurementConfig(baseline_reuse_s=600)
-    got = reusable_baseline(reuse, ["GPU-a"])
+    got = reusable_baseline(reuse, ["GPU-a"], src)
     assert got.reused is True and got.power_w == 61.5
-    assert reusable_baseline(MeasurementConfig(baseline_reuse_s=10), ["GPU-a"]) is None  # stale
-    assert reusable_baseline(reuse, ["GPU-b"]) is None  # other device
-    assert reusable_baseline(MeasurementConfig(), ["GPU-a"]) is None  # reuse off
+    assert reusable_baseline(MeasurementConfig(baseline_reuse_s=10), ["GPU-a"], src) is None  # stale
+    assert reusable_baseline(reuse, ["GPU-b"], src) is None  # other device
+    assert reusable_baseline(MeasurementConfig(), ["GPU-a"], src) is None  # reuse off
     monkeypatch.setenv(contract.ENV_BASELINE, json.dumps({"nonsense": 1}))
-    assert reusable_baseline(reuse, ["GPU-a"]) is None
+    assert reusable_baseline(reuse, ["GPU-a"], src) is None

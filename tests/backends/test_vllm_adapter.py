@@ -491,12 +491,39 @@ def test_each_call_starts_with_an_empty_prefix_cache() -> None:
     assert all(e != "reset" for e in engine.events[start + 1:])
 
 
-def test_failed_prefix_cache_reset_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_prefix_cache_reset_is_a_run_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from llenergymeasure.backends.harness.validity import warning
+
     engine = FakeVllmEngine(step_s=0.0, reset_ok=False)
     backend = attached(cfg(), engine)
+    prepared = backend.prepare(PROMPTS[:2])
     with caplog.at_level("WARNING", logger="llem.vllm"):
-        backend.generate(backend.prepare(PROMPTS[:2]))
+        backend.generate(prepared, max_batches=1)
+        backend.generate(prepared)
     assert "prefix cache" in caplog.text
+    found = backend.run_warnings()
+    assert [w.code for w in found] == ["prefix_cache_not_reset"]
+    assert "failed before 2 of 2 generate call(s)" in found[0].detail
+    # the harness adds it to the result's warnings as `code: detail` (a known code)
+    assert warning(found[0].code, found[0].detail).startswith("prefix_cache_not_reset: vLLM's reset_prefix_cache()")
+
+
+def test_a_raising_prefix_cache_reset_is_a_run_warning_too() -> None:
+    class RaisingReset(FakeVllmEngine):
+        def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+            raise RuntimeError("engine core busy")
+
+    backend = attached(cfg(), RaisingReset(step_s=0.0))
+    records = backend.generate(backend.prepare(PROMPTS[:2]))
+    assert len(records) == 2  # the run goes on, flagged
+    (found,) = backend.run_warnings()
+    assert found.code == "prefix_cache_not_reset" and "RuntimeError: engine core busy" in found.detail
+
+
+def test_a_successful_reset_leaves_no_run_warning() -> None:
+    backend = attached(cfg(), FakeVllmEngine(step_s=0.0))
+    backend.generate(backend.prepare(PROMPTS[:2]))
+    assert backend.run_warnings() == []
 
 
 def test_repeated_calls_use_fresh_request_ids() -> None:
@@ -690,6 +717,23 @@ def test_cuda_only_quantisation_is_refused_on_the_cpu(quant: str) -> None:
     problem = section.device_problem("cpu")
     assert problem is not None and problem.startswith("vllm.quantization") and quant in problem
     assert section.device_problem("cuda:0") is None
+
+
+def test_fp8_kv_cache_needs_avx512_or_amx_on_the_cpu(tmp_path: Path, monkeypatch) -> None:
+    from llenergymeasure.backends.vllm import config as vcfg
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert vcfg.cpu_flags(avx2) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert vcfg.cpu_flags(tmp_path / "absent") == set()
+    assert vcfg.fp8_kv_cache_problem({"avx2"}) and vcfg.fp8_kv_cache_problem({"avx2", "avx512f"}) is None
+    assert vcfg.fp8_kv_cache_problem({"amx_tile"}) is None
+    monkeypatch.setattr(vcfg, "CPUINFO", avx2)
+    for dtype in ("fp8", "fp8_e4m3", "fp8_e5m2"):
+        problem = VLLMConfig(kv_cache_dtype=dtype).device_problem("cpu") or ""
+        assert problem.startswith(f"vllm.kv_cache_dtype: {dtype}") and "AVX-512" in problem
+        assert VLLMConfig(kv_cache_dtype=dtype).device_problem("cuda:0") is None
+    assert VLLMConfig(kv_cache_dtype="float16").device_problem("cpu") is None
 
 
 def test_two_kv_cache_sizes_are_refused_on_the_cpu() -> None:

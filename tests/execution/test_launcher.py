@@ -84,6 +84,20 @@ def test_each_run_is_a_checked_fork_and_inherits_nothing_from_the_one_before(tmp
     assert not launcher.is_running() or launcher.status() == psutil.STATUS_ZOMBIE  # closed with the runner
 
 
+def test_the_launcher_is_started_before_the_first_run_and_the_run_forks_from_it(tmp_path, tiny_model):
+    """Issue 16: the study loop asks the runner to get ready before a run's clock starts;
+    the local runner then starts its launcher (imports: the study's time, once), and the
+    run forks from that launcher without starting another."""
+    with LocalRunner() as runner:
+        runner.ready_for(TINY)
+        (launcher,) = [p for p in psutil.Process().children() if "llenergymeasure.backends.launcher" in p.cmdline()]
+        runner.ready_for(TINY)  # already running: nothing more starts
+        assert [p for p in psutil.Process().children() if p.pid != launcher.pid] == []
+        outcome = runner.execute(RunJob(TINY, tmp_path / "e01-c1"))
+    assert outcome.state == "done", outcome.error
+    assert environment(tmp_path / "e01-c1")["process_start"]["launcher_pid"] == launcher.pid
+
+
 def test_llem_launcher_0_starts_every_run_as_a_new_interpreter(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("LLEM_LAUNCHER", "0")
     with LocalRunner() as runner:
@@ -158,7 +172,8 @@ def test_the_launcher_imports_only_what_a_run_imports_and_runs_no_operator(tmp_p
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert launcher.returncode == 0, launcher.stderr[-3000:]
     held = json.loads(launcher.stdout.splitlines()[-1])
-    assert held["ops"] == [] and held["threads"] == 1
+    assert held["ops"] == [] and held["threads"] == 1  # pyarrow's jemalloc loaded without its thread
+    assert {"pyarrow.parquet", "pandas"} <= set(held["modules"])  # what a run imports to write its files
     env = {**os.environ, "LLEM_EXPERIMENT_JSON": TINY.canonical_json(), "LLEM_RUN_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-c", (  # a whole run process, reporting its modules at its exit
         "import json, os, sys\n"

@@ -208,3 +208,57 @@ def test_a_run_wider_than_the_host_is_refused_before_anything_starts(tmp_path):
 
     with pytest.raises(UserError, match="experiment 1 .* spans 4 GPUs .* this host has 2"):
         parallel_runner(FakeCudaLocal(), study, print, host=FakeHostGpus(2))
+
+
+class _QuietProgress:
+    def begin(self, todo, planned): ...
+
+    def start(self, run, label): ...
+
+    def tick(self, run_elapsed): ...
+
+    def end(self, outcome, seconds): ...
+
+
+@pytest.mark.slow
+def test_runs_overlapping_on_the_host_are_marked_cpu_energy_shared_and_a_lone_run_is_not(tmp_path, tiny_model,
+                                                                                         monkeypatch):
+    """RAPL is host-wide: two runs at once each read the other's CPU work. Each run is
+    registered on the host (orchestrator/execution/host_runs.py) and its result says so.
+    RAPL is a fake powercap tree here (this machine has none), reached by the runs through
+    the LLEM_TEST_POWERCAP_ROOT hook."""
+    from llenergymeasure.backends import contract
+    from llenergymeasure.orchestrator.execution.loop import Policy, run_plan
+    from llenergymeasure.orchestrator.execution.outcome import load_result
+    from tests.support.fakes import make_powercap_tree
+
+    rapl = make_powercap_tree(tmp_path / "rapl", {"intel-rapl:0": {"name": "package-0", "energy_uj": 1_000_000}})
+    monkeypatch.setenv(contract.ENV_TEST_POWERCAP_ROOT, str(rapl))
+    monkeypatch.setenv("LLEM_LOCK_DIR", str(tmp_path / "locks"))  # this test's runs, no one else's
+    text = STUDY.replace("n_cycles: 2", "n_cycles: 1").replace("min_window_s: 0.2", "min_window_s: 1.0")
+    runner, manifest, plan = _parallel_study(tmp_path, text, LocalRunner())
+    assert runner.run_whole(manifest, [p.run_id for p in plan], print).failed == []
+    results = [load_result(manifest.run_dir(r.run_id)) for r in manifest.runs]
+    assert all(r.metrics.cpu_energy_j is not None and r.cpu_energy.source == "rapl" for r in results)
+
+    def shared(r) -> bool:
+        return any(w.startswith("cpu_energy_shared:") for w in r.warnings)
+
+    for r in results:
+        # the other run's process lived during this one's window (its result's own life is
+        # inside what the host registered, so an overlap seen here was seen there)
+        overlapped = any(o.started_at < r.window_finished_at and o.finished_at > r.window_started_at
+                         for o in results if o is not r)
+        assert shared(r) or not overlapped, r.warnings
+    assert any(shared(r) for r in results), "the two runs started together: at least one window saw the other"
+
+    # one run alone, through the sequential study loop: nothing shared
+    lone_study = load_study(write(tmp_path / "lone.yaml", text.replace("sweep: {pytorch.batch_size: [1, 2]}\n", "")
+                                  .replace("parallel_gpus: 2", "parallel_gpus: 1")))
+    lone_plan = order_runs(1, 1, "interleaved", 0)
+    (tmp_path / "lone").mkdir()
+    lone = Manifest.create(tmp_path / "lone", lone_study, lone_plan, "local")
+    with LocalRunner() as local:
+        run_plan(lone, lone_study, lone_plan, local, _QuietProgress(), Policy())
+    alone = load_result(lone.run_dir(lone_plan[0].run_id))
+    assert alone.metrics.cpu_energy_j is not None and not shared(alone), alone.warnings

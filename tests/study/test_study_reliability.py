@@ -15,6 +15,7 @@ import yaml
 from annotated_types import Le, Lt
 
 from llenergymeasure.backends.config import ExperimentConfig, MeasurementConfig, SamplingConfig
+from llenergymeasure.backends.gpu_settings import GpuSettings
 from llenergymeasure.backends.hashing import sha256_file
 from llenergymeasure.backends.table import TABLE
 from llenergymeasure.orchestrator.errors import UserError
@@ -191,7 +192,7 @@ def test_integers_written_for_numbers_still_load(tmp_path):
     assert s.experiments[0].config.measurement.min_window_s == 5.0 and s.execution.run_timeout_s == 600.0
 
 
-MODELS = [ExperimentConfig, MeasurementConfig, SamplingConfig, *(row.section for row in TABLE), Execution,
+MODELS = [ExperimentConfig, MeasurementConfig, SamplingConfig, GpuSettings, *(row.section for row in TABLE), Execution,
           Publication, Analysis, Costs, SlurmSettings, UserConfig]
 
 

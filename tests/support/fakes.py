@@ -3,6 +3,8 @@
 - FakeGpu stands in for an NVML GPU (backends.harness.gpu.GpuDevice) and replays
   a scripted trace over wall time; FakeGpuInventory is a host's set of them, as CUDA
   lists them (gpu.cuda_uuids' `visible`) and NVML opens them (gpu.discover_nvml).
+  FakeThermalLoad gives a FakeGpu physics instead of a script: power, energy and a
+  first-order temperature that follow whether a (fake) pass is running.
 - make_powercap_tree builds real files in a real directory, laid out like Linux
   /sys/class/powercap (RAPL), for RaplMeter to read.
 - fake_zeus_modules builds stand-in `zeus` / `zeus.monitor` modules to put in
@@ -11,7 +13,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -48,6 +52,11 @@ class FakeGpu:
     energy_mj: counter trace; by default the integral of a constant `watts`.
     power: power trace in W (None = a failed reading); default `watts`.
     A reading that is None models a capability the GPU doesn't offer.
+    counter_tick_s: the counter updates only every this many seconds (NVML: about
+    100 ms); a read between updates returns the last update's value. None: continuous.
+    load: a FakeThermalLoad; power, temperature and the counter then come from it.
+    power_limit_w, app_clocks_mhz (SM, memory), ecc, mig: the settings the environment
+    snapshot reads (defaults: an H100/H200-like board; None = not supported).
     """
 
     def __init__(self, uuid: str = "GPU-fake-0", watts: float = 100.0, *, index: int = 0,
@@ -56,7 +65,11 @@ class FakeGpu:
                  temperature: Trace = 40.0, memory_mb: Trace = 1000.0,
                  utilization: Trace = 50.0, sm_clock: Trace = 1980.0, mem_clock: Trace = 2619.0,
                  throttle: Trace = (), pids: Trace = (), persistence: bool | None = True,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 power_limit_w: float | None = 700.0,
+                 app_clocks_mhz: tuple[float | None, float | None] = (1980.0, 2619.0),
+                 ecc: bool | None = True, mig: bool | None = False,
+                 clock: Callable[[], float] = time.perf_counter, counter_tick_s: float | None = None,
+                 load: FakeThermalLoad | None = None) -> None:
         self.index, self.name, self.uuid = index, name, uuid
         self.watts, self.counter = watts, counter
         self.energy_trace = energy_mj if energy_mj is not None else (lambda t: t * watts * 1000)
@@ -65,8 +78,10 @@ class FakeGpu:
         self.traces = dict(temperature=temperature, memory=memory_mb, utilization=utilization,
                            sm_clock=sm_clock, mem_clock=mem_clock, throttle=throttle, pids=pids)
         self.persistence = persistence
+        self.settings = dict(power_limit_w=power_limit_w, app_clocks_mhz=app_clocks_mhz, ecc=ecc, mig=mig)
         self.clock = clock
         self.power_reads = 0
+        self.counter_tick_s, self.load = counter_tick_s, load
         self.restart()
 
     def restart(self) -> None:
@@ -81,13 +96,22 @@ class FakeGpu:
     def total_energy_mj(self) -> int:
         if not self.counter:
             raise CounterUnsupported(f"{self.name}: Not Supported")
-        return int(at(self.energy_trace, self.now()))
+        t = self.now()
+        if self.counter_tick_s:  # the last update's value (the epsilon absorbs float steps)
+            t = math.floor(t / self.counter_tick_s + 1e-9) * self.counter_tick_s
+        if self.load is not None:
+            return int(self.load.energy_j(self.t0 + t) * 1000)
+        return int(at(self.energy_trace, t))
 
     def power_w(self) -> float | None:
         self.power_reads += 1
+        if self.load is not None:
+            return self.load.power_w(self.clock())
         return at(self.power_trace, self.now())
 
     def temperature_c(self) -> float | None:
+        if self.load is not None:
+            return self.load.temperature_c(self.clock())
         return self._get("temperature")
 
     def memory_used_mb(self) -> float | None:
@@ -112,6 +136,80 @@ class FakeGpu:
 
     def persistence_mode(self) -> bool | None:
         return self.persistence
+
+    def enforced_power_limit_w(self) -> float | None:
+        return self.settings["power_limit_w"]
+
+    def applications_clocks_mhz(self) -> tuple[float | None, float | None]:
+        return self.settings["app_clocks_mhz"]
+
+    def ecc_enabled(self) -> bool | None:
+        return self.settings["ecc"]
+
+    def mig_enabled(self) -> bool | None:
+        return self.settings["mig"]
+
+
+class FakeThermalLoad:
+    """Fake GPU physics for plateau tests (no GPU here). Power is p_load_w while a pass
+    runs (a fake backend holds `running()`) and p_idle_w otherwise; temperature is first
+    order: under load it approaches t_load_c = t_idle_c + k_c_per_w * p_load_w (the loaded
+    plateau) with time constant tau_s, and idle it cools back toward t_idle_c. Energy is
+    the exact integral of power. All in closed form on `clock` (absolute readings), so
+    any instant can be asked, from any thread (the sampler's)."""
+
+    def __init__(self, *, t_idle_c: float = 35.0, k_c_per_w: float = 0.1, p_idle_w: float = 60.0,
+                 p_load_w: float = 300.0, tau_s: float = 0.25,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.t_idle_c, self.k_c_per_w, self.tau_s = t_idle_c, k_c_per_w, tau_s
+        self.p_idle_w, self.p_load_w = p_idle_w, p_load_w
+        self.clock = clock
+        self._lock = threading.Lock()
+        # (start time, busy, temperature at start, energy J at start), in time order
+        self._segments: list[tuple[float, bool, float, float]] = [(clock(), False, t_idle_c, 0.0)]
+        self.passes: list[tuple[float, float]] = []  # (start, end) of every pass run
+
+    @property
+    def t_load_c(self) -> float:
+        """The loaded plateau: where temperature settles if passes never stop."""
+        return self.t_idle_c + self.k_c_per_w * self.p_load_w
+
+    def _segment(self, t: float) -> tuple[float, bool, float, float]:
+        with self._lock:
+            seg = self._segments[0]
+            for s in self._segments:
+                if s[0] > t:
+                    break
+                seg = s
+            return seg
+
+    def power_w(self, t: float) -> float:
+        return self.p_load_w if self._segment(t)[1] else self.p_idle_w
+
+    def temperature_c(self, t: float) -> float:
+        t0, busy, temp0, _ = self._segment(t)
+        target = self.t_load_c if busy else self.t_idle_c
+        return target + (temp0 - target) * math.exp(-max(0.0, t - t0) / self.tau_s)
+
+    def energy_j(self, t: float) -> float:
+        t0, busy, _, e0 = self._segment(t)
+        return e0 + max(0.0, t - t0) * (self.p_load_w if busy else self.p_idle_w)
+
+    def set_busy(self, busy: bool) -> float:
+        t = self.clock()
+        temp, energy = self.temperature_c(t), self.energy_j(t)
+        with self._lock:
+            self._segments.append((t, busy, temp, energy))
+        return t
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The GPU is under load (a pass runs) for the block."""
+        start = self.set_busy(True)
+        try:
+            yield
+        finally:
+            self.passes.append((start, self.set_busy(False)))
 
 
 class FakeGpuInventory:
@@ -223,3 +321,122 @@ def fake_zeus_modules(gpu_energy: Callable[[list[int]], dict[int, float]],
     monitor.ZeusMonitor = FakeZeusMonitor
     zeus.monitor = monitor
     return {"zeus": zeus, "zeus.monitor": monitor}
+
+
+# --- GPU control (gpu: settings) -----------------------------------------------------
+
+import json  # noqa: E402
+
+from llenergymeasure.orchestrator.execution.gpu_control import (  # noqa: E402
+    ControlError, GpuConstraints, LeverState,
+)
+
+NO_PERMISSION = "Insufficient Permissions"  # what NVML says for NVML_ERROR_NO_PERMISSION
+
+
+def fake_gpu_state(uuid: str, *, name: str = "FakeGPU H200", power_limit_w: float = 700.0,
+                   power_range_w: tuple[float, float] = (200.0, 700.0),
+                   sm_clocks_mhz: tuple[int, ...] = tuple(range(345, 1981, 15)),
+                   memory_clocks_mhz: tuple[int, ...] = (1593, 2619, 3201),
+                   persistence: bool = True) -> dict[str, Any]:
+    """One fake GPU's settable state, as FakeGpuControl keeps it (JSON-serialisable)."""
+    return {"uuid": uuid, "name": name, "power_limit_w": power_limit_w, "power_range_w": list(power_range_w),
+            "sm_clocks_mhz": list(sm_clocks_mhz), "memory_clocks_mhz": list(memory_clocks_mhz),
+            "sm_locked": None, "memory_locked": None, "persistence": persistence,
+            "deny": [], "refuse": []}
+
+
+class FakeGpuControl:
+    """Fake of a host's GPU control (orchestrator.execution.gpu_control.GpuControl): GPUs
+    with a settable power limit (within a min/max), lockable SM and memory clocks (of a
+    supported list) and persistence mode. Per GPU, `deny` lists gpu.* settings NVML refuses
+    for want of permission (NVML_ERROR_NO_PERMISSION) and `refuse` ones it refuses
+    otherwise ("Not Supported"), e.g. ["gpu.sm_clocks_mhz"].
+
+    With `state_path` the state lives in that JSON file, read before and written after
+    every call, so that several processes (an orchestrator that is killed, the next llem)
+    see one host. `calls` logs every change as (operation, uuid, *arguments)."""
+
+    def __init__(self, gpus: list[dict[str, Any]] | None = None, state_path: Path | None = None) -> None:
+        self.state_path = state_path
+        if state_path is not None and state_path.exists():
+            self._load()
+        else:
+            self.gpus = {g["uuid"]: g for g in (gpus or [fake_gpu_state("GPU-fake-0"), fake_gpu_state("GPU-fake-1")])}
+            self.calls: list[list[Any]] = []
+            self._save()
+
+    def _load(self) -> None:
+        if self.state_path is not None:
+            data = json.loads(self.state_path.read_text())
+            self.gpus, self.calls = {g["uuid"]: g for g in data["gpus"]}, data["calls"]
+
+    def _save(self) -> None:
+        if self.state_path is not None:
+            tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"gpus": list(self.gpus.values()), "calls": self.calls}, indent=1))
+            os.replace(tmp, self.state_path)  # another process never reads half a state
+
+    def gpu(self, uuid: str) -> dict[str, Any]:
+        self._load()
+        return self.gpus[uuid]
+
+    def _change(self, setting: str, uuid: str, op: str, *args: Any) -> dict[str, Any]:
+        self._load()
+        g = self.gpus.get(uuid)
+        if g is None:
+            raise ControlError(setting, uuid, "Not Found")
+        if setting in g["deny"]:
+            raise ControlError(setting, uuid, NO_PERMISSION, no_permission=True)
+        if setting in g["refuse"]:
+            raise ControlError(setting, uuid, "Not Supported")
+        self.calls.append([op, uuid, *args])
+        return g
+
+    def uuids(self) -> list[str]:
+        self._load()
+        return list(self.gpus)
+
+    def constraints(self, uuid: str) -> GpuConstraints:
+        g = self.gpu(uuid)
+        return GpuConstraints(g["name"], tuple(g["power_range_w"]), tuple(g["sm_clocks_mhz"]),
+                              tuple(g["memory_clocks_mhz"]))
+
+    def state(self, uuid: str) -> LeverState:
+        g = self.gpu(uuid)
+        return LeverState(power_limit_w=g["power_limit_w"], persistence_mode=g["persistence"])
+
+    def set_power_limit_w(self, uuid: str, watts: float) -> None:
+        g = self._change("gpu.power_limit_w", uuid, "set_power_limit_w", watts)
+        lo, hi = g["power_range_w"]
+        if not lo <= watts <= hi:
+            self.calls.pop()
+            raise ControlError("gpu.power_limit_w", uuid, "Invalid Argument")
+        g["power_limit_w"] = watts
+        self._save()
+
+    def lock_sm_clocks(self, uuid: str, lo_mhz: int, hi_mhz: int) -> None:
+        self._change("gpu.sm_clocks_mhz", uuid, "lock_sm_clocks", lo_mhz, hi_mhz)["sm_locked"] = [lo_mhz, hi_mhz]
+        self._save()
+
+    def reset_sm_clocks(self, uuid: str) -> None:
+        self._change("gpu.sm_clocks_mhz", uuid, "reset_sm_clocks")["sm_locked"] = None
+        self._save()
+
+    def lock_memory_clocks(self, uuid: str, lo_mhz: int, hi_mhz: int) -> None:
+        g = self._change("gpu.memory_clocks_mhz", uuid, "lock_memory_clocks", lo_mhz, hi_mhz)
+        g["memory_locked"] = [lo_mhz, hi_mhz]
+        self._save()
+
+    def reset_memory_clocks(self, uuid: str) -> None:
+        self._change("gpu.memory_clocks_mhz", uuid, "reset_memory_clocks")["memory_locked"] = None
+        self._save()
+
+    def set_persistence_mode(self, uuid: str, enabled: bool) -> None:
+        self._change("gpu.persistence_mode", uuid, "set_persistence_mode", enabled)["persistence"] = enabled
+        self._save()
+
+    def changes(self, uuid: str | None = None) -> list[list[Any]]:
+        """The logged changes (of one GPU)."""
+        self._load()
+        return [c for c in self.calls if uuid is None or c[1] == uuid]

@@ -131,6 +131,14 @@ class LocalRunner(Runner):
         runtime wraps it: see slurm/apptainer.py)."""
         return [str(environment_for(backend).python), *argv]
 
+    def ready_for(self, config: ExperimentConfig) -> None:
+        """Start the launcher this experiment's runs fork from, if they use one and none runs
+        yet. Its imports (seconds) are paid once per study, not by a run: the study loop
+        calls this before it records a run as started, so they count in the study's wall
+        time and not in its first run's. A launcher that cannot start is said once here, and
+        the run starts a new interpreter."""
+        self._launcher_for(config.backend)
+
     def close(self) -> None:
         """End the launcher, if one was started (the study's session is over)."""
         with self._launcher_lock:

@@ -25,6 +25,18 @@ from llenergymeasure.orchestrator.study.spec import Study
 from llenergymeasure.orchestrator.study.user_config import load_user_config
 
 
+def refuse_auto_cycles(study: Study) -> None:
+    """n_cycles: auto decides each added cycle from the finished runs of the one before, so it
+    needs an llem following the study between cycles; a Slurm array is submitted whole and may
+    run detached (`llem collect` finishes it), with nobody there to decide. Exit 2, before
+    anything is submitted."""
+    if study.execution.auto:
+        raise UserError(f"{study.path}: execution.n_cycles: auto is not supported with the slurm runner: it adds "
+                        "cycles one at a time from the finished runs of the last, while a Slurm study is "
+                        "submitted as one job array; set n_cycles to a number (e.g. n_cycles: "
+                        f"{study.execution.max_cycles}), or run it with --runner local or docker")
+
+
 class SlurmRunner(PlanRunner):
     name = "slurm"
     can_detach = True  # the array runs on without us; `llem status` / `llem collect` follow it
@@ -52,6 +64,7 @@ class SlurmRunner(PlanRunner):
         return resolve_device(spec)
 
     def prepare(self, study: Study, notify: Notify, build: bool = True) -> None:
+        refuse_auto_cycles(study)
         user, _ = load_user_config()
         self.settings = resolve_settings(study.slurm, user.slurm, study.path)
         if self.settings.partition and not commands.partition_nodes(self.settings.partition):

@@ -20,7 +20,8 @@ from typing import Any
 from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.orchestrator.errors import UserError
-from llenergymeasure.orchestrator.execution import failures
+from llenergymeasure.orchestrator.execution import failures, gpu_levers
+from llenergymeasure.orchestrator.execution.host_runs import execute_on_host
 from llenergymeasure.orchestrator.execution.manifest import Manifest
 from llenergymeasure.orchestrator.execution.runners.base import Runner, RunJob
 from llenergymeasure.orchestrator.execution.slurm.gpus import NvmlInventory, allocated_uuids
@@ -59,7 +60,8 @@ def _start_record(run_id: str, uuids: list[str]) -> TaskRecord:
     )
 
 
-def _run(manifest: Manifest, run_id: str, args: argparse.Namespace, record: TaskRecord) -> int:
+def _run(manifest: Manifest, run_id: str, args: argparse.Namespace, record: TaskRecord,
+         gpus: list[str] | None = None) -> int:
     """The run itself; the exit code of the task."""
     run = manifest.run(run_id)
     experiment = manifest.experiment(run.experiment_index)
@@ -71,7 +73,9 @@ def _run(manifest: Manifest, run_id: str, args: argparse.Namespace, record: Task
                                                       if ex.get("stop_grace_s") is not None else {}))
     try:
         with _runner(args.execute, args.sif) as runner:
-            outcome = runner.execute(job)
+            # gpu: settings on this node's allocated GPUs (else the runner's reading of the device)
+            # registered as active on this node: tasks sharing it mark each other cpu_energy_shared
+            outcome = execute_on_host(job, lambda: gpu_levers.execute(runner, job, gpus=gpus or None))
     except UserError as e:  # this node can't run it (e.g. the image is not here): the run fails, saying why
         print(f"llem task: {e}", file=sys.stderr, flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
 
     manifest = Manifest.load(args.study_dir)
+    # gpu: settings a killed task (or llem) left changed on this node are put back first
+    gpu_levers.restore_at_start(lambda line: print(f"llem task: {line}", flush=True))
     uuids = allocated_uuids(os.environ, NvmlInventory())
     if uuids:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(uuids)  # CUDA binds by UUID from here on
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"llem task: run {args.run_id} on {record.node} (job {record.job_id}_{record.array_task_id}, "
           f"GPUs {','.join(uuids) or 'none'})", flush=True)
     try:
-        return _run(manifest, args.run_id, args, record)
+        return _run(manifest, args.run_id, args, record, uuids)
     finally:
         record.finished_at = utc_now()
         record.write(args.study_dir)
