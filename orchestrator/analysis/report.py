@@ -327,7 +327,7 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "runner": m.runner,
         "n_runs": len(runs),
         "counts": runs["status"].value_counts().to_dict(),
-        "n_cycles": m.execution.get("n_cycles"),
+        "n_cycles": cycles_note(m.execution, runs),
         "order": m.execution.get("order"),
         "concurrency": concurrency_note(results.manifest),
         "reference": ref.iloc[0]["label"] if len(ref) else None,
@@ -373,3 +373,15 @@ def write_report(results: StudyResults, path: Path | None = None, power_runs: li
     path = path or results.manifest.layout.report
     write_bytes_atomic(path, render_report(results, power_runs).encode("utf-8"))
     return path
+
+
+def cycles_note(execution: dict, runs: pd.DataFrame) -> str:
+    """How many times each configuration ran: the planned count, or for `n_cycles: auto` the
+    range actually run ("3-5 (auto, target ±5%)"), so the report never says "auto cycle(s)"."""
+    planned = execution.get("n_cycles")
+    if planned != "auto":
+        return str(planned)
+    per = runs.groupby("experiment_index")["cycle"].nunique() if len(runs) else pd.Series(dtype=int)
+    span = "?" if per.empty else (f"{per.min()}" if per.min() == per.max() else f"{per.min()}-{per.max()}")
+    target = execution.get("target_ci_pct")
+    return f"{span} (auto" + (f", target ±{target:g}%" if target is not None else "") + ")"

@@ -145,7 +145,9 @@ def test_auto_settings_defaults_bounds_and_messages(tmp_path):
         "{n_cycles: auto, max_cycles: 2}": "execution.max_cycles: must be an integer from 3 to 10000",
         "{n_cycles: auto, target_ci_pct: 0}": "execution.target_ci_pct: must be a number greater than 0 and at most 100",
         "{n_cycles: automatic}": "execution.n_cycles: must be an integer from 1 to 10000, or auto (got 'automatic')",
-        "{n_cycles: true}": "execution.n_cycles: must be an integer from 1 to 10000, or auto (got True)",
+        "{n_cycles: true}": "execution.n_cycles: must be an integer, not a boolean (or auto) (got True)",
+        "{n_cycles: 2.5}": "execution.n_cycles: must be an integer from 1 to 10000, or auto (got 2.5)",
+        "{n_cycles: 0}": "execution.n_cycles: must be an integer from 1 to 10000, or auto (got 0)",
     }
     for text, message in bad.items():
         with pytest.raises(UserError) as e:
