@@ -26,7 +26,10 @@ then gets a converted copy (same weights and tokenizer.json) in build/, and the 
 llem's runs take a lock directory of their own (LLEM_LOCK_DIR): on a shared machine another
 study may hold the host's `cpu` lock, and the peer takes no lock either.
 
-    cd benchmarks && ../.venv/bin/python peer_overhead.py [--repeats 3] [--keep DIR] [--no-install]
+    cd benchmarks && ../.venv/bin/python peer_overhead.py [--repeats 3] [--keep DIR] [--no-install] [--batch-sweep]
+
+--batch-sweep then runs the README's batch sweep once (12 runs, 5 s windows), the study the
+issue's wall / necessary target is set for, and prints its per-run overhead and that ratio.
 """
 
 from __future__ import annotations
