@@ -57,7 +57,7 @@ from llenergymeasure.backends.serving.client import (
     LoadFailed, Outcome, PlannedRequest, Target, completion_body, http_call, run_load,
 )
 from llenergymeasure.backends.serving.metrics import apportioned_energy_j, meets_slo, serving_fields
-from llenergymeasure.backends.serving.process import ServerFailed, ServerProcess
+from llenergymeasure.backends.serving.process import ServerProcess
 from llenergymeasure.backends.serving.report import ServingReport
 from llenergymeasure.backends.serving.schedule import SCHEDULE_FILE, Schedule, build_schedule, write_schedule
 from llenergymeasure.backends.serving.spec import (

@@ -5,7 +5,6 @@ against a stub server (tests/support/stub_openai.py) for saturation."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, get_args, get_origin
 
 import pytest

@@ -19,9 +19,17 @@ SERVING = ["offered_request_rate_rps", "achieved_request_rate_rps", "goodput_rps
            "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "e2e_ms_p99", "output_tokens_per_s"]
 
 
+# One cycle in the suite: the study as shipped (3 cycles, 12 runs, six vLLM server starts of
+# about a minute each on two cores) runs about 15 min per runner on a quiet machine, which the
+# suite cannot afford twice (issue 16); the shipped three-cycle study was run through both
+# runners by hand (issue 19's note). The schedule's identity across cycles is tested on the
+# schedule itself (tests/backends/test_serving.py).
+CYCLES = 1
+
+
 def run_study(runner: str, out: Path) -> Path:
-    p = subprocess.run(["make", "study", f"STUDY={STUDY}", f"RUNNER={runner}", f"RESULTS={out}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=5400)
+    p = subprocess.run(["make", "study", f"STUDY={STUDY}", f"RUNNER={runner}", f"RESULTS={out}",
+                        f"ARGS=--cycles {CYCLES}"], cwd=REPO, capture_output=True, text=True, timeout=5400)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     (study_dir,) = out.iterdir()
     return study_dir
@@ -29,7 +37,7 @@ def run_study(runner: str, out: Path) -> Path:
 
 def check_serving_study(study_dir: Path) -> None:
     manifest = json.loads((study_dir / "manifest.json").read_text())
-    assert [r["state"] for r in manifest["runs"]] == ["done"] * 12
+    assert [r["state"] for r in manifest["runs"]] == ["done"] * (4 * CYCLES)
     runs = pd.read_parquet(study_dir / "runs.parquet")
     assert sorted(runs["backend"].unique()) == ["pytorch", "vllm"]
     assert runs[[c for c in SERVING if c != "offered_request_rate_rps"]].notna().all().all()
@@ -44,7 +52,7 @@ def check_serving_study(study_dir: Path) -> None:
         digests.setdefault(str(r["serving.request_rate"]), set()).add(result["serving"]["schedule_sha256"])
     assert all(len(d) == 1 for d in digests.values()) and len(digests) == 2
     summary = pd.read_parquet(study_dir / "summary.parquet")
-    assert len(summary) == 4 and (summary["runs_done"] == 3).all()
+    assert len(summary) == 4 and (summary["runs_done"] == CYCLES).all()
     assert summary[["goodput_rps_mean", "slo_met_share_mean", "achieved_request_rate_rps_mean"]].notna().all().all()
     report = (study_dir / "report.html").read_text()
     assert "Serving: energy and latency under load" in report and "SLO: TTFT ≤ 2000 ms, TPOT ≤ 250 ms" in report
