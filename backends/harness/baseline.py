@@ -74,3 +74,17 @@ def measure_baseline(meter: EnergyMeter, seconds: float, devices: list[str],
         devices=devices,
         reused=False,
     )
+
+
+def unloaded_baseline_phase(sampler, meter: EnergyMeter, m: MeasurementConfig,
+                            uuids: list[str]) -> tuple[Baseline | None, float]:
+    """The run's first phase on every scenario: reuse the study's recent idle baseline where
+    allowed, else measure one (`measurement.baseline_s`), with the sampler's phase and the
+    heartbeat saying so. Returns the baseline (None when neither) and the seconds it took."""
+    t = time.perf_counter()
+    baseline = reusable_baseline(m, uuids, meter.source)
+    if baseline is None and m.baseline_s > 0:
+        sampler.phase = "baseline"
+        beat("baseline")
+        baseline = measure_baseline(meter, m.baseline_s, uuids, "unloaded")
+    return baseline, time.perf_counter() - t

@@ -27,7 +27,7 @@ from llenergymeasure.backends.devices import run_device
 from llenergymeasure.backends.harness.energy import (
     HostCpuMeter, NvmlCounterMeter, NvmlPollingMeter, measured, select_cpu_meter, select_meter,
 )
-from llenergymeasure.backends.harness.baseline import measure_baseline, reusable_baseline
+from llenergymeasure.backends.harness.baseline import measure_baseline, unloaded_baseline_phase
 from llenergymeasure.backends.harness.environment import snapshot
 from llenergymeasure.backends.harness import faults
 from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, discover_nvml, visible_cuda_uuids
@@ -148,13 +148,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
     persistence = {g.uuid: g.persistence_mode() for g in gpus.devices}
 
     with Sampler(gpus.devices, m.sample_interval_s) as sampler:
-        t = time.perf_counter()
-        baseline = reusable_baseline(m, uuids, meter.source)
-        if baseline is None and m.baseline_s > 0:
-            sampler.phase = "baseline"
-            beat("baseline")
-            baseline = measure_baseline(meter, m.baseline_s, uuids, "unloaded")
-        baseline_s = time.perf_counter() - t
+        baseline, baseline_s = unloaded_baseline_phase(sampler, meter, m, uuids)
 
         sampler.phase = "load"
         beat("load")

@@ -35,7 +35,7 @@ from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.backends.config import ExperimentConfig
 from llenergymeasure.backends.decoding import Decoding, decoding_for
 from llenergymeasure.backends.devices import resolve_dtype, run_device
-from llenergymeasure.backends.harness.baseline import measure_baseline, reusable_baseline
+from llenergymeasure.backends.harness.baseline import unloaded_baseline_phase
 from llenergymeasure.backends.harness.energy import HostCpuMeter, measured, select_cpu_meter, select_meter
 from llenergymeasure.backends.harness.environment import snapshot
 from llenergymeasure.backends.harness.heartbeat import beat
@@ -254,13 +254,7 @@ def run_serving(config: ExperimentConfig, run_dir: Path) -> RunResult:
 
     with Sampler(gpus.devices, m.sample_interval_s) as sampler, \
             ServerProcess(argv, serve.env(launch), run_dir / SERVER_LOG, HOST, launch.port) as server:
-        t = time.perf_counter()
-        baseline = reusable_baseline(m, uuids, meter.source)
-        if baseline is None and m.baseline_s > 0:
-            sampler.phase = "baseline"
-            beat("baseline")
-            baseline = measure_baseline(meter, m.baseline_s, uuids, "unloaded")
-        baseline_s = time.perf_counter() - t
+        baseline, baseline_s = unloaded_baseline_phase(sampler, meter, m, uuids)
 
         sampler.phase = "load"
         beat("load")

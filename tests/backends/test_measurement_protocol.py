@@ -12,7 +12,7 @@ from llenergymeasure.backends import contract
 from llenergymeasure.backends.config import MeasurementConfig
 from llenergymeasure.backends.harness.energy import EnergyReading
 from llenergymeasure.backends.harness.metrics import compute_metrics
-from llenergymeasure.backends.harness.protocol import reusable_baseline
+from llenergymeasure.backends.harness.baseline import reusable_baseline
 from llenergymeasure.backends.harness.result import Baseline
 from llenergymeasure.backends.harness.stabilise import spread, stabilise_under_load
 from llenergymeasure.backends.harness.steady_state import (
