@@ -8,6 +8,8 @@
     study.summary, study.runs      # the tables behind `llem results`
     llem.write_report(study)       # `llem report`
     table, notes = llem.compare(study, llem.open_study("results/other"))  # `llem compare`
+    con = llem.archive.open("~/.local/share/llenergymeasure/archive")  # `llem archive query`
+    con.sql("select * from summary").df()
 
 Each function is the same code path as the `llem` command of the same name.
 
@@ -48,13 +50,21 @@ _EXPORTS = {
     "open_study": "llenergymeasure.orchestrator.analysis.results",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+# public name -> subpackage exposed whole (its functions are the library's)
+_MODULES = {
+    "archive": "llenergymeasure.orchestrator.archive",
+}
+
+__all__ = ["__version__", *_EXPORTS, *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
         raise AttributeError(f"module 'llenergymeasure' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # imported once
     return value
 

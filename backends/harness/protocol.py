@@ -34,7 +34,7 @@ from llenergymeasure.backends.harness.gpu import GpuDiscovery, cuda_uuids, disco
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.harness.metrics import compute_metrics
 from llenergymeasure.backends.harness.phase_split import measure_phase_split
-from llenergymeasure.backends.harness.readback import mismatch_warnings, read_back
+from llenergymeasure.backends.harness.readback import GpuReadback, mismatch_warnings, read_back
 from llenergymeasure.backends.harness.result import (
     EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport, SteadyStateReport, write_requests,
 )
@@ -126,6 +126,37 @@ def _window(backend: Backend, prepared: Any, m: MeasurementConfig) -> list[Pass]
             break
     backend.synchronize()
     return passes
+
+
+def instrument_warnings(*, config: ExperimentConfig, device: str, meter: Any, reading: Any, cpu_meter: Any,
+                        cpu_reading: Any, sampler: Sampler, metrics: Any, other_cpu_s: float | None,
+                        allocated: list[str], uuids: list[str], gpus: GpuDiscovery) -> tuple[list[str], list[GpuReadback]]:
+    """The checks on the instruments themselves, one list for both scenarios (offline and
+    serving measure with the same meters, so a figure is doubted for the same reasons in
+    each): GPU window rows, GPUs measured vs allocated, energy sign, counter edges, sampling
+    gaps, host contention, the gpu: settings as read back, RAPL wraps. Also returns the
+    read-back itself, which every result records."""
+    m = config.measurement
+    requested_cap = config.gpu.power_limit_w if config.gpu else None
+    out = gpu_window_warnings(sampler.phase_rows("window"), requested_power_limit_w=requested_cap)
+    if device.startswith("cuda"):
+        measured_uuids = list(reading.per_device_j) if reading.per_device_j else uuids
+        out += gpu_allocation_warnings(config.gpus_per_run, allocated, measured_uuids)
+    out += energy_warnings(metrics.energy_j, metrics.energy_net_j)
+    if isinstance(meter, NvmlCounterMeter):
+        out += counter_warnings(duration_s=reading.duration_s, period_s=reading.counter_period_s,
+                                unaligned=reading.counter_unaligned, stuck=reading.counter_stuck,
+                                edge_poll_s=meter.edge_poll_s)
+    gaps = {"sampler": (sampler.longest_gap_s("window"), m.sample_interval_s)}
+    if isinstance(meter, NvmlPollingMeter):  # energy itself was integrated over samples
+        gaps["power polling"] = (reading.longest_gap_s, meter.interval_s)
+    out += gap_warnings(gaps)
+    out += host_contention_warnings(other_cpu_s, reading.duration_s)
+    readback = read_back(gpus.devices, sampler.phase_rows("window"))  # gpu: settings as enforced
+    out += mismatch_warnings(config.gpu, readback)
+    rapl = cpu_reading if cpu_meter else reading if device == "cpu" else None
+    out += rapl_wrap_warnings(rapl.rapl_wrap_doubt, rapl.duration_s) if rapl else []
+    return out, readback
 
 
 def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
@@ -252,24 +283,12 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> RunResult:
         coverage=min(coverages) if coverages else None, persistence=persistence, stabilised=stab.reached,
         stabilisation_detail=stab.detail, short_requests=short,
         max_output_tokens=config.max_output_tokens,
-    ) + gpu_window_warnings(sampler.phase_rows("window"))
-    if device.startswith("cuda"):
-        measured_uuids = list(reading.per_device_j) if reading.per_device_j else uuids
-        warnings += gpu_allocation_warnings(config.gpus_per_run, allocated, measured_uuids)
-    warnings += energy_warnings(metrics.energy_j, metrics.energy_net_j)
-    if isinstance(meter, NvmlCounterMeter):
-        warnings += counter_warnings(duration_s=reading.duration_s, period_s=reading.counter_period_s,
-                                     unaligned=reading.counter_unaligned, stuck=reading.counter_stuck,
-                                     edge_poll_s=meter.edge_poll_s)
-    gaps = {"sampler": (sampler.longest_gap_s("window"), m.sample_interval_s)}
-    if isinstance(meter, NvmlPollingMeter):  # energy itself was integrated over samples
-        gaps["power polling"] = (reading.longest_gap_s, meter.interval_s)
-    warnings += gap_warnings(gaps)
-    warnings += host_contention_warnings(other_cpu_s, reading.duration_s)
-    readback = read_back(gpus.devices, sampler.phase_rows("window"))  # gpu: settings as enforced
-    warnings += mismatch_warnings(config.gpu, readback)
-    rapl = cpu_reading if cpu_meter else reading if device == "cpu" else None
-    warnings += rapl_wrap_warnings(rapl.rapl_wrap_doubt, rapl.duration_s) if rapl else []
+    )
+    checks, readback = instrument_warnings(config=config, device=device, meter=meter, reading=reading,
+                                           cpu_meter=cpu_meter, cpu_reading=cpu_reading, sampler=sampler,
+                                           metrics=metrics, other_cpu_s=other_cpu_s, allocated=allocated,
+                                           uuids=uuids, gpus=gpus)
+    warnings += checks
     warnings += [warning(w.code, w.detail) for w in backend.run_warnings()]  # e.g. a cache not reset
 
     cpu_source = cpu_meter if cpu_meter else meter

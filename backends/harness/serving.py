@@ -40,16 +40,13 @@ from llenergymeasure.backends.harness.energy import HostCpuMeter, measured, sele
 from llenergymeasure.backends.harness.environment import snapshot
 from llenergymeasure.backends.harness.heartbeat import beat
 from llenergymeasure.backends.harness.metrics import compute_metrics
-from llenergymeasure.backends.harness.protocol import measure_steady_state, run_gpus
+from llenergymeasure.backends.harness.protocol import instrument_warnings, measure_steady_state, run_gpus
 from llenergymeasure.backends.harness.result import (
     REQUEST_COLUMNS, EnergyReport, PhaseTimes, Resolved, RunResult, StabilisationReport, request_rows,
 )
 from llenergymeasure.backends.harness.sampler import Sampler
 from llenergymeasure.backends.harness.stabilise import Stabilisation, stabilise_under_load
-from llenergymeasure.backends.harness.validity import (
-    energy_warnings, gap_warnings, gpu_allocation_warnings, gpu_window_warnings, host_contention_warnings,
-    warning, window_warnings,
-)
+from llenergymeasure.backends.harness.validity import warning, window_warnings
 from llenergymeasure.backends.models import count_parameters, resolve_model
 from llenergymeasure.backends.prompts import load_prompts
 from llenergymeasure.backends.registry import RequestRecord
@@ -336,8 +333,12 @@ def run_serving(config: ExperimentConfig, run_dir: Path) -> RunResult:
                            waited, slo_met, energy_shares)
 
     persistence = {g.uuid: g.persistence_mode() for g in gpus.devices}
-    warnings = _warnings(config, reading, metrics, records, sampler, coverage, stab, other_cpu_s, allocated, uuids,
-                         persistence)
+    warnings = _window_warnings(config, reading, records, coverage, stab, persistence)
+    checks, readback = instrument_warnings(config=config, device=device, meter=meter, reading=reading,
+                                           cpu_meter=cpu_meter, cpu_reading=cpu_reading, sampler=sampler,
+                                           metrics=metrics, other_cpu_s=other_cpu_s, allocated=allocated,
+                                           uuids=uuids, gpus=gpus)
+    warnings += checks
     if sat.saturated:
         warnings.append(warning("saturated", sat.detail))
     if cache_reset is not None and not cache_reset.endswith(RESET_DONE):
@@ -364,6 +365,7 @@ def run_serving(config: ExperimentConfig, run_dir: Path) -> RunResult:
         phases=PhaseTimes(baseline_s=baseline_s, warmup_s=warmup_s, stabilisation_s=stab.waited_s),
         stabilisation=StabilisationReport(waited_s=stab.waited_s, reached=stab.reached, detail=stab.detail),
         steady_state=steady_report,
+        gpu_readback=readback,
         serving=ServingReport(
             server=server_spec.name, server_command=argv, server_log=SERVER_LOG, server_ready_s=model_load_s,
             exact_length=serve.exact_length if config.ignore_eos else "ignore_eos is false: requests stop at EOS",
@@ -381,23 +383,15 @@ def run_serving(config: ExperimentConfig, run_dir: Path) -> RunResult:
     )
 
 
-def _warnings(config: ExperimentConfig, reading: Any, metrics: Any, records: list[RequestRecord], sampler: Sampler,
-              coverage: float | None, stab: Stabilisation, other_cpu_s: float | None, allocated: list[str],
-              uuids: list[str], persistence: dict[str, bool | None]) -> list[str]:
-    """The offline window's validity checks that apply to a load (min_window_s does not:
-    the load's length is serving.n_requests or duration_s)."""
-    m = config.measurement
+def _window_warnings(config: ExperimentConfig, reading: Any, records: list[RequestRecord], coverage: float | None,
+                     stab: Stabilisation, persistence: dict[str, bool | None]) -> list[str]:
+    """The offline window's checks that apply to a load (min_window_s does not: the load's
+    length is serving.n_requests or duration_s); the instruments' own checks are shared
+    with the offline scenario (protocol.instrument_warnings)."""
     short = sum(1 for r in records if r.output_tokens != config.max_output_tokens) if config.ignore_eos else 0
     coverages = [c for c in (coverage, reading.coverage) if c is not None]
-    out = window_warnings(
+    return window_warnings(
         duration_s=reading.duration_s, min_window_s=0.0, passes=1,
         coverage=min(coverages) if coverages else None, persistence=persistence, stabilised=stab.reached,
         stabilisation_detail=stab.detail, short_requests=short, max_output_tokens=config.max_output_tokens,
-    ) + gpu_window_warnings(sampler.phase_rows("window"))
-    if uuids or allocated:
-        measured_uuids = list(reading.per_device_j) if reading.per_device_j else uuids
-        out += gpu_allocation_warnings(config.gpus_per_run, allocated, measured_uuids)
-    out += energy_warnings(metrics.energy_j, metrics.energy_net_j)
-    out += gap_warnings({"sampler": (sampler.longest_gap_s("window"), m.sample_interval_s)})
-    out += host_contention_warnings(other_cpu_s, reading.duration_s)
-    return out
+    )

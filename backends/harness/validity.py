@@ -33,8 +33,9 @@ CODES: dict[str, str] = {
     "energy_edge_unaligned": "a window edge could not be stamped at an update of the GPU energy "
                              "counter (it updates about every 100 ms), so the energy read there may "
                              "lag its time by up to a period at the GPU's power",
-    "energy_window_short": "the window spans fewer than MIN_COUNTER_UPDATES updates of the GPU energy "
-                           "counter, so a few updates' timing moves its energy measurably",
+    "energy_window_short": "an edge was not stamped at a counter update and the window spans fewer than "
+                           "MIN_COUNTER_UPDATES updates of the GPU energy counter, so that edge's part-period "
+                           "error moves its energy measurably",
     "prefix_cache_not_reset": "the engine could not empty its prefix cache before a pass, so the pass "
                               "may have skipped the prefill of prompts an earlier pass ran",
     "rapl_multiple_wraps": "a RAPL counter could have wrapped once more in the window than its two "
@@ -87,8 +88,11 @@ def _edges(values: list[float]) -> tuple[float, float] | None:
     return statistics.median(values[:k]), statistics.median(values[-k:])
 
 
-def gpu_window_warnings(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Warnings from the GPU rows of the window's timeseries samples."""
+def gpu_window_warnings(rows: Iterable[dict[str, Any]], requested_power_limit_w: float | None = None) -> list[str]:
+    """Warnings from the GPU rows of the window's timeseries samples. Under a power limit
+    the study set itself (gpu.power_limit_w), running at that cap is the setting being
+    measured, not a disturbance: `power_capping` is not raised then (the enforced limit is
+    read back and compared instead: `gpu_setting_mismatch`)."""
     by_gpu: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["device"] != "process":
@@ -102,7 +106,7 @@ def gpu_window_warnings(rows: Iterable[dict[str, Any]]) -> list[str]:
             out.append(warning("thermal_throttling", f"{uuid}: {', '.join(sorted(reasons & THERMAL))}"))
         readable = [s for s in samples if s.get("throttle_reasons") is not None]
         capped = [s for s in readable if POWER & set(s["throttle_reasons"].split(","))]
-        if readable and len(capped) / len(readable) >= POWER_CAP_SHARE:
+        if requested_power_limit_w is None and readable and len(capped) / len(readable) >= POWER_CAP_SHARE:
             out.append(warning("power_capping", f"{uuid}: {', '.join(sorted(reasons & POWER))} in "
                                                 f"{len(capped) / len(readable):.0%} of samples"))
         foreign = max((s.get("foreign_processes") or 0) for s in samples)
@@ -209,7 +213,13 @@ def counter_warnings(*, duration_s: float, period_s: float | None, unaligned: li
                      stuck: list[str], edge_poll_s: float) -> list[str]:
     """Warnings of an NVML-counter window (EnergyReading.counter_*): a counter that did not
     advance, an edge not stamped at an update (within edge_poll_s), and a window of fewer
-    than MIN_COUNTER_UPDATES updates (period_s: as measured after the window, else nominal)."""
+    than MIN_COUNTER_UPDATES updates (period_s: as measured after the window, else nominal).
+
+    The short-window check applies only when an edge is unaligned: an edge stamped at a
+    counter update carries no part-period error, so a 5 s window of aligned edges is exact
+    to the edge poll (0.3 s bound, typically a few ms), while an unaligned one can miss up
+    to a whole update period at that edge, all in one direction (idle at the start, load at
+    the end), which only many updates dilute."""
     out = []
     if stuck:
         out.append(warning("energy_counter_stuck", f"no change over {duration_s:.2f} s on {', '.join(stuck)}"))
@@ -218,7 +228,7 @@ def counter_warnings(*, duration_s: float, period_s: float | None, unaligned: li
                                                     f"{', '.join(unaligned)}"))
     period = period_s or NOMINAL_COUNTER_PERIOD_S
     updates = duration_s / period
-    if updates < MIN_COUNTER_UPDATES:
+    if unaligned and updates < MIN_COUNTER_UPDATES:
         how = "measured" if period_s else "nominal"
         out.append(warning("energy_window_short", f"{duration_s:.2f} s is {updates:.0f} counter updates of "
                                                   f"{period * 1000:.0f} ms ({how}), under {MIN_COUNTER_UPDATES}; "

@@ -10,6 +10,7 @@ failures of the run itself (an exception, a crash, a timeout, a stall) only with
 from __future__ import annotations
 
 import json
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,29 @@ def log_tail(run_dir: Path, n: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return redact("\n".join(lines[-n:]))
+
+
+# An engine whose worker process failed raises in the run's process only a pointer to it
+# (vLLM: "Engine core initialization failed. See root cause above."): the cause is a line
+# the worker printed to the same log, such as "AssertionError: Not enough allowed NUMA nodes ...".
+ROOT_CAUSE_POINTER = "See root cause above"
+_EXCEPTION_LINE = re.compile(r"^(?:\([^)]*\) )?(?:[A-Z]+ [\d-]+ [\d:]+ \[[^\]]*\] )?"
+                             r"((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (\S.*)$")
+
+
+def root_cause(run_dir: Path, message: str) -> str | None:
+    """The worker's own exception line from run.log when `message` only points at it."""
+    if ROOT_CAUSE_POINTER not in message:
+        return None
+    try:
+        lines = (run_dir / contract.LOG_FILE).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m and ROOT_CAUSE_POINTER not in m.group(2):
+            return redact(f"{m.group(1)}: {m.group(2)}")
+    return None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def read_outcome(
     err = failures.read_error_file(run_dir)
     if err is not None:
         etype, msg = str(err["error_type"]), str(err.get("message", ""))
+        cause = failures.root_cause(run_dir, msg)
+        msg += f" [root cause in {contract.LOG_FILE}: {cause}]" if cause else ""
         kind = failures.OUT_OF_MEMORY if failures.is_oom(etype, msg) else failures.ERROR
         return RunOutcome("failed", exit_code, error=redact(f"{etype}: {msg}"), kind=kind)
     tail = log_tail(run_dir, 3).strip().replace("\n", " | ")

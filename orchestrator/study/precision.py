@@ -19,6 +19,7 @@ failures are flagged, and `--resume --retry-failed` runs them again).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,11 @@ JUDGED: tuple[tuple[str, str], ...] = ((THROUGHPUT, "throughput"), (ENERGY, "ene
 NAMES = dict(JUDGED)
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(df: float) -> float:
-    """The two-sided 95% Student-t quantile for `df` degrees of freedom."""
+    """The two-sided 95% Student-t quantile for `df` degrees of freedom (cached: a site
+    build over a large archive asks for the same few quantiles thousands of times, and each
+    scipy call costs far more than the arithmetic around it)."""
     from scipy import stats as _st  # here: scipy.stats costs ~1 s to import, and most commands never need it
 
     return float(_st.t.ppf(0.5 + LEVEL / 2, df))

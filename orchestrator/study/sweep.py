@@ -22,7 +22,7 @@ from llenergymeasure.orchestrator.errors import UserError
 from llenergymeasure.orchestrator.study.messages import show
 from llenergymeasure.orchestrator.study.size import MAX_SWEEP_POINTS
 
-SECTIONS = (*BACKENDS, "measurement", "gpu")
+SECTIONS = (*BACKENDS, "measurement", "gpu", "serving")  # a group under one of these names sets its fields
 DEFAULT_BACKEND = "pytorch"
 
 

@@ -100,6 +100,8 @@ def test_power_capping_needs_a_share_of_the_window_not_one_sample():
     # unreadable samples (None) are not in the denominator
     unread = gpu_rows(throttle_reasons=lambda i: "sw_power_cap" if i == 0 else None if i > 4 else "")
     assert codes(gpu_window_warnings(unread)) == {"power_capping"}  # 1 of 5 readable
+    # under the study's own cap (gpu.power_limit_w) the cap is the setting measured, not a disturbance
+    assert gpu_window_warnings(two, requested_power_limit_w=250.0) == []
 
 
 def test_non_positive_energy_and_negative_net_energy_are_warned():

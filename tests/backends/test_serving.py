@@ -94,6 +94,14 @@ def test_request_rate_sweeps_with_inf(tmp_path):
     assert len({e.config.config_hash() for e in s.experiments}) == 3  # inf and .inf: one configuration
 
 
+def test_a_grouped_sweep_under_serving_sets_dependent_load_settings(tmp_path):
+    """`serving` is a section name in sweep groups, like a backend's: rate and cap move together."""
+    s = load_study(write(tmp_path / "s.yaml", BASE + "serving: {n_requests: 4}\n"
+                         "sweep: {serving: [{request_rate: 1, max_concurrency: 1}, {request_rate: inf, max_concurrency: 4}]}\n"))
+    assert [(e.config.serving.request_rate, e.config.serving.max_concurrency) for e in s.experiments] == [
+        (1.0, 1), ("inf", 4)]
+
+
 def test_offline_configs_keep_their_hash():
     """scenario is left out of the canonical JSON at its default."""
     c = ExperimentConfig(model="llem/tiny-llama")

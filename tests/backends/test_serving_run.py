@@ -113,3 +113,28 @@ def test_the_offline_protocol_refuses_a_serving_config(tmp_path):
                                               "serving": {"request_rate": 2, "n_requests": 2}})
     with pytest.raises(ValueError, match="scenario: serving runs through harness.serving.run_serving"):
         run_experiment(config, tmp_path)
+
+
+def test_a_serving_run_records_the_gpu_settings_as_enforced(monkeypatch, tmp_path):
+    """Serving results read back gpu: settings like offline ones (protocol.instrument_warnings):
+    the limit the driver enforced, a mismatch warned, and running at the study's own cap is
+    not `power_capping`."""
+    from tests.support.fakes import FakeGpu, FakeGpuInventory
+    from llenergymeasure.backends.harness.energy import UnavailableMeter
+
+    inv = FakeGpuInventory([FakeGpu("GPU-a", power_limit_w=300.0, throttle=("sw_power_cap",))])
+    monkeypatch.setattr(serving_run, "launcher", lambda spec: stub_launcher("--ttft-s", "0.01", "--itl-s", "0.005"))
+    monkeypatch.setattr(serving_run, "run_device", lambda device: "cuda:0")
+    monkeypatch.setattr(serving_run, "run_gpus", lambda device, n: (inv.visible()[:n], inv.discover(inv.visible()[:n])))
+    monkeypatch.setattr(serving_run, "snapshot", lambda gpus: {"gpus": [{"uuid": g.uuid} for g in gpus.devices]})
+    monkeypatch.setattr(serving_run, "select_cpu_meter", lambda: UnavailableMeter("no RAPL in this test"))
+    config = ExperimentConfig.model_validate({
+        "model": "llem/tiny-llama", "device": "cuda:0", "n_prompts": 4, "max_input_tokens": 8, "max_output_tokens": 3,
+        "scenario": "serving", "gpu": {"power_limit_w": 250},
+        "measurement": {"stabilisation_max_s": 0, "sample_interval_s": 0.05},
+        "serving": {"request_rate": 50, "n_requests": 6, "warmup_requests": 1}})
+    result = serving_run.run_serving(config, tmp_path)
+    (rb,) = result.gpu_readback
+    assert rb.uuid == "GPU-a" and rb.power_limit_w == 300.0
+    assert "gpu_setting_mismatch: GPU-a: power limit 250 W requested, 300 W enforced" in result.warnings
+    assert not [w for w in result.warnings if w.startswith("power_capping")]  # the cap is the study's own

@@ -69,6 +69,22 @@ def test_outcomes_are_classified(tmp_path):
     assert o.kind == failures.ERROR and o.error == "ValueError: bad"
 
 
+def test_an_engine_failure_that_points_at_its_log_names_the_root_cause(tmp_path):
+    """vLLM raises only 'See root cause above' in the run's process; the worker's exception
+    line (seen here with tensor_parallel_size 2 on a one-NUMA-node CPU) is in run.log."""
+    (tmp_path / contract.LOG_FILE).write_text(
+        "(EngineCore pid=7) ERROR 12-03 20:07:46 [core.py:1433] AssertionError: Not enough allowed NUMA nodes to "
+        "bind threads of 2 local CPUWorkers.\n"
+        "AssertionError: Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers.\n"
+        "    raise RuntimeError(\n"
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n")
+    (tmp_path / contract.ERROR_FILE).write_text(json.dumps({
+        "error_type": "RuntimeError", "message": "Engine core initialization failed. See root cause above."}))
+    assert read_outcome(tmp_path, 1).error == (
+        "RuntimeError: Engine core initialization failed. See root cause above. [root cause in run.log: "
+        "AssertionError: Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers.]")
+
+
 def test_error_json_keeps_the_harness_error_and_adds_the_log_tail(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secretTokenValue123")
     (tmp_path / contract.LOG_FILE).write_text("".join(f"line {i}\n" for i in range(30)) + "hf_secretTokenValue123\n")
