@@ -14,7 +14,11 @@ from llenergymeasure.orchestrator.analysis.summary import ENERGY, THROUGHPUT
 
 
 def _same(a: Any, b: Any) -> bool:
-    return (is_missing(a) and is_missing(b)) or a == b
+    """Equal settings; a setting one configuration lacks (pandas' NA in a nullable column,
+    whose `==` is NA, not False) equals only another missing one."""
+    if is_missing(a) or is_missing(b):
+        return is_missing(a) and is_missing(b)
+    return bool(a == b)
 
 
 def _values(runs: pd.DataFrame, index: int, metric: str) -> list[float]:
@@ -41,8 +45,8 @@ def _effect(row: pd.Series, metric: str, noun: str) -> str:
 
 
 def _show(v: Any) -> str:
-    if is_missing(v):
-        return "n/a"
+    if is_missing(v):  # a setting this configuration does not set: the backend's own default applies
+        return "unset (the backend's default)"
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 

@@ -45,9 +45,10 @@ def auto_target(manifest: Manifest) -> float | None:
     return float(ex.get("target_ci_pct", DEFAULT_TARGET_CI_PCT)) if ex.get("n_cycles") == AUTO else None
 
 
-def open_study(path: Path, reference: int | None = None) -> StudyResults:
+def open_study(path: str | Path, reference: int | None = None) -> StudyResults:
     """Load DIR as a study directory; UserError (exit 2) when it is not one."""
-    manifest = open_study_manifest(Path(path))
+    path = Path(path)  # the library is called with strings too (llem.open_study("results/..."))
+    manifest = open_study_manifest(path)
     experiments = [e.model_dump() for e in manifest.experiments]
     ref, costs, sources = analysis_settings(manifest)
     if reference is not None:

@@ -5,7 +5,7 @@ The token comes from $HF_TOKEN only (never a saved login, never written anywhere
 it the push exits 2 before anything is read. What is uploaded is exactly what the index
 lists: archive.json and each study's four Parquet files, at the same paths, so the
 dataset is itself an archive (`llem archive query --archive hf://datasets/OWNER/NAME`,
-DuckDB's hf:// paths). Files already there with the same content are skipped by the Hub.
+read back through huggingface_hub's fsspec filesystem: archive/query.py). Files already there with the same content are skipped by the Hub.
 `HF_ENDPOINT` points huggingface_hub at another Hub (the tests' local stub).
 """
 

@@ -2,10 +2,18 @@
 `llem archive list` and the library's `archive.open(PATH)`.
 
 The views `studies`, `runs`, `summary` and `environment` read exactly the files the
-index (archive.json) lists, so a half-finished add is never seen. A remote archive
-(`hf://datasets/OWNER/NAME`, `s3://bucket/prefix`, `https://...`) is read through
-DuckDB's own httpfs extension, which DuckDB installs on first use (network needed);
-see the README.
+index (archive.json) lists, so a half-finished add is never seen.
+
+A remote archive is read where it lies, nothing copied first:
+- `hf://datasets/OWNER/NAME` (what `llem archive push` writes) through huggingface_hub's
+  fsspec filesystem (`HfFileSystem`), registered on the DuckDB connection, so DuckDB's
+  `read_parquet` fetches byte ranges over HTTP through it. huggingface_hub is already a
+  dependency and this needs no DuckDB extension; `HF_ENDPOINT` picks the Hub (the tests'
+  local stub) and a private dataset needs `$HF_TOKEN` (read from the environment only:
+  never a saved login, never written).
+- `s3://`, `gs://`, `https://`, ... through DuckDB's own httpfs extension, which DuckDB
+  downloads on first use (network needed; s3fs, fsspec's S3 filesystem, is not a
+  dependency). See the README.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+from pydantic import ValidationError
 
 from llenergymeasure.backends.secrets import redact
 
@@ -63,23 +72,95 @@ def _create_views(con: duckdb.DuckDBPyConnection, files: dict[str, tuple[list[st
             con.execute(f"create or replace view {table} as select * from _{table}_empty")
 
 
-def _remote_secret(con: duckdb.DuckDBPyConnection, root: str) -> None:
-    """A private Hugging Face dataset: $HF_TOKEN as a temporary DuckDB secret (in memory only,
-    as push reads it: from the environment, written nowhere)."""
-    token = os.environ.get("HF_TOKEN", "").strip()
-    if root.startswith("hf://") and token:
-        con.execute(f"create or replace temporary secret llem_hf (type huggingface, token {_quote(token)})")
+TOKEN_ENV = "HF_TOKEN"
+_NO_HTTPFS = ("DuckDB reads s3:// and https:// archives with its httpfs extension, which it downloads on "
+              "first use: give it network access once (or `INSTALL httpfs` from a machine that has it); "
+              "reading them through fsspec instead would need s3fs, which llem does not depend on")
 
 
-def _remote_index(con: duckdb.DuckDBPyConnection, root: str) -> ArchiveIndex:
+def _reason(e: BaseException) -> str:
+    """An exception as one line, any secret in it redacted (libraries echo URLs and headers)."""
+    lines = redact(str(e)).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _hf_filesystem() -> Any:
+    """huggingface_hub's fsspec filesystem for hf:// paths: the token from $HF_TOKEN only
+    (False, not None, when unset: None would fall back to a saved login), a fresh instance
+    (fsspec caches instances, and a cached listing would hide a push made since)."""
+    from huggingface_hub import HfFileSystem
+
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return HfFileSystem(token=token or False, skip_instance_cache=True)
+
+
+def _hf_failure(root: str, e: Exception) -> Exception:
+    """A one-line reason for a failed read of an hf:// archive: UserError (exit 2) where the
+    path or the token is wrong, Failure (exit 1) where the Hub or the network is."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    cause = e.__cause__ if isinstance(e, FileNotFoundError) else e
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    has_token = bool(os.environ.get(TOKEN_ENV, "").strip())
+    if isinstance(cause, RepositoryNotFoundError) or (status == 401 and not has_token):
+        why = ("the token in $HF_TOKEN cannot read it" if has_token else
+               f"it is private and ${TOKEN_ENV} is unset (export a token with read access)")
+        return UserError(f"--archive {root}: no such Hugging Face dataset, or {why}")
+    if status in (401, 403):
+        return UserError(f"--archive {root}: the Hub refused the token in ${TOKEN_ENV} (HTTP {status}); "
+                         "give a token with read access to the dataset")
+    if isinstance(e, FileNotFoundError):
+        return UserError(f"--archive {root}: not an llem archive (no {INDEX_FILE} there); "
+                         "`llem archive push` writes one")
+    http = f"HTTP {status}, " if isinstance(e, HfHubHTTPError) and status else ""
+    return Failure(f"--archive {root}: cannot read it from the Hub ({http}{_reason(e)})")
+
+
+def _checked_index(root: str, text: str | bytes) -> ArchiveIndex:
+    """The index of a remote archive, refused (exit 2) unless it is one of this llem's schema version."""
     try:
-        text = con.execute("select content from read_text(?)", [f"{root.rstrip('/')}/{INDEX_FILE}"]).fetchone()[0]
+        raw = json.loads(text)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise UserError(f"--archive {root}: its {INDEX_FILE} is not an llem archive index (no \"format\": \"{FORMAT}\")")
+    v = raw.get("schema_version")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise UserError(f"--archive {root}: schema_version {v!r} in its {INDEX_FILE} is not an integer")
+    if v > SCHEMA_VERSION:
+        raise UserError(f"--archive {root}: archive schema_version {v} is newer than this llem's ({SCHEMA_VERSION}); "
+                        "upgrade llem to read it")
+    if v < SCHEMA_VERSION:
+        raise UserError(f"--archive {root}: archive schema_version {v} is older than this llem's ({SCHEMA_VERSION}); "
+                        "`llem archive migrate` a local copy and push it again")
+    try:
+        return ArchiveIndex.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+        raise UserError(f"--archive {root}: a damaged archive index ({problems})") from None
+
+
+def _hf_index(con: duckdb.DuckDBPyConnection, root: str) -> ArchiveIndex:
+    """archive.json of an hf:// archive, read through HfFileSystem, which is then registered
+    on `con` so that the views' hf:// Parquet paths are read through it too."""
+    fs = _hf_filesystem()
+    try:
+        text = fs.cat_file(f"{root}/{INDEX_FILE}")
+    except Exception as e:  # noqa: BLE001 - the Hub, the network or the path: sorted by _hf_failure
+        raise _hf_failure(root, e) from None
+    index = _checked_index(root, text)
+    con.register_filesystem(fs)
+    return index
+
+
+def _httpfs_index(con: duckdb.DuckDBPyConnection, root: str) -> ArchiveIndex:
+    """archive.json of an s3://, https://, ... archive, read by DuckDB's httpfs extension."""
+    try:
+        text = con.execute("select content from read_text(?)", [f"{root}/{INDEX_FILE}"]).fetchone()[0]
     except duckdb.Error as e:
-        raise Failure(f"{root}: cannot read its {INDEX_FILE} through DuckDB ({redact(str(e))})") from None
-    raw = json.loads(text)
-    if raw.get("format") != FORMAT or raw.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{root}: not an llem archive of schema_version {SCHEMA_VERSION}")
-    return ArchiveIndex.model_validate(raw)
+        hint = f"; {_NO_HTTPFS}" if "httpfs" in str(e) else ""
+        raise Failure(f"--archive {root}: cannot read its {INDEX_FILE} through DuckDB ({_reason(e)}){hint}") from None
+    return _checked_index(root, text)
 
 
 def open_archive(path: str | Path | None = None) -> duckdb.DuckDBPyConnection:
@@ -87,12 +168,16 @@ def open_archive(path: str | Path | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("set parquet_metadata_cache = true")  # many small files: read each footer once per connection
     if path is not None and is_remote(path):
-        _remote_secret(con, str(path))
-        index, root = _remote_index(con, str(path)), str(path)
-    else:
-        layout = existing_archive(path)
-        index, root = load_index(layout), str(layout.root)
-    _create_views(con, _files(root, index))
+        root = str(path).rstrip("/")
+        index = _hf_index(con, root) if root.startswith("hf://") else _httpfs_index(con, root)
+        try:  # the views read each file's footer now: the network can fail here too
+            _create_views(con, _files(root, index))
+        except duckdb.Error as e:
+            raise Failure(f"--archive {root}: cannot read the files its {INDEX_FILE} lists "
+                          f"({_reason(e)})") from None
+        return con
+    layout = existing_archive(path)
+    _create_views(con, _files(str(layout.root), load_index(layout)))
     return con
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.archive.archive_support import plant_identity
+from tests.archive.hub_stub import HubState, running_hub
 from tests.support.recorded_study import build, template_result
 
 
@@ -26,3 +28,10 @@ def study_copy(recorded_study: Path, tmp_path: Path) -> Path:
     shutil.copytree(recorded_study, dest)
     return dest
 
+
+
+@pytest.fixture
+def hub() -> Iterator[HubState]:
+    """The local Hub stub (tests/archive/hub_stub.py), empty, for one test."""
+    with running_hub() as state:
+        yield state

@@ -62,6 +62,14 @@ def test_the_library_returns_a_duckdb_connection(archive: Path):
     assert joined == [("NVIDIA H100 80GB HBM3", 17)]
 
 
+def test_the_top_level_facade_reads_the_same_archive(archive: Path):
+    """`import llenergymeasure as llem; llem.archive.open(PATH)`, as the README writes it."""
+    import llenergymeasure as llem
+
+    assert llem.archive is archive_lib and "archive" in dir(llem)
+    assert llem.archive.open(str(archive)).sql(ENERGY).fetchall() == archive_lib.open(archive).sql(ENERGY).fetchall()
+
+
 def test_not_an_archive_and_newer_archives_exit_2(archive: Path, recorded_study: Path, tmp_path: Path):
     r = llem("archive", "list", "--archive", str(tmp_path / "none"))
     assert r.returncode == 2 and "no archive there" in r.stderr
