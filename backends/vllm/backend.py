@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,6 +164,57 @@ def kv_bytes_per_token(model_dir: str | Path, dtype: str, kv_cache_dtype: str = 
     head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
     width = 1 if kv_cache_dtype.startswith("fp8") else _DTYPE_BYTES.get(dtype, 4)
     return 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * width
+
+
+NUMA_ROOT = Path("/sys/devices/system/node")
+THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def _cpu_list(text: str) -> set[int]:
+    """A kernel CPU list ('0-3,8') as a set."""
+    out: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def numa_nodes_with(cpus: list[int], root: Path = NUMA_ROOT) -> int:
+    """How many NUMA nodes hold at least one of `cpus` (1 where the kernel does not say)."""
+    nodes = 0
+    for node in root.glob("node[0-9]*"):
+        try:
+            nodes += bool(_cpu_list((node / "cpulist").read_text()) & set(cpus))
+        except (OSError, ValueError):
+            continue
+    return max(nodes, 1)
+
+
+def cpu_thread_binding(workers: int, cpus: list[int], numa_nodes: int) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for `workers` CPU workers (tensor_parallel_size), or None to
+    keep vLLM's own binding. vLLM binds each CPU worker to a NUMA node of its own and refuses
+    more workers than nodes ("Not enough allowed NUMA nodes ..."): on a one-node machine
+    tensor_parallel_size 2 never starts. Splitting the allowed CPUs into `workers`
+    contiguous blocks runs it (seen here: TP 2 on 2 cores), at the cost of the CPU vLLM
+    otherwise reserves for its front end; the result records the binding."""
+    if workers <= 1 or workers <= numa_nodes or len(cpus) < workers:
+        return None
+    size, extra = divmod(len(cpus), workers)
+    blocks, start = [], 0
+    for i in range(workers):
+        end = start + size + (i < extra)
+        blocks.append(",".join(map(str, cpus[start:end])))
+        start = end
+    return "|".join(blocks)
+
+
+def cpu_binding_env(config: ExperimentConfig) -> dict[str, str]:
+    """The environment that lets this configuration's CPU workers start (see cpu_thread_binding)."""
+    from llenergymeasure.backends.vllm.config import allowed_cpus
+
+    cpus = allowed_cpus()
+    bind = cpu_thread_binding(config.vllm.tensor_parallel_size, cpus, numa_nodes_with(cpus))
+    return {THREADS_BIND_ENV: bind} if bind else {}
 
 
 def cpu_kv_cache(config: ExperimentConfig, model_dir: str | Path, dtype: str, free_bytes: int) -> CpuKvCache | None:
@@ -383,6 +435,8 @@ class VLLMBackend:
                 kwargs["kv_cache_memory_bytes"] = kv.kv_cache_memory_bytes
                 if kv.max_model_len is not None:
                     kwargs["max_model_len"] = kv.max_model_len
+            binding = cpu_binding_env(self.config)
+            os.environ.update(binding)  # read by the engine's worker processes, started below
 
         llm = LLM(**kwargs)
         engine = llm.llm_engine  # vllm.v1.engine.llm_engine.LLMEngine
@@ -415,6 +469,7 @@ class VLLMBackend:
             "token_timestamps": "engine core (EngineCoreOutputs.timestamp)" if stamps
                                 else "host, when step() returns",
             "decoding": decoding.record(),
+            "cpu_threads_bind": os.environ.get(THREADS_BIND_ENV) if device == "cpu" else None,
         }
         self._llm = llm  # owns the engine (and its worker processes)
         self.attach(

@@ -3,6 +3,7 @@ None = vLLM's own default)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,14 @@ def fp8_kv_cache_problem(flags: set[str]) -> str | None:
     return "this CPU has neither AVX-512 nor AMX, which vLLM's CPU build needs for an FP8 KV cache"
 
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask, as vLLM's CPU workers see it)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 class VLLMConfig(BackendSection):
     """vLLM offline engine (EngineArgs names; None = vLLM's own default)."""
 
@@ -83,6 +92,14 @@ class VLLMConfig(BackendSection):
         if self.gpu_memory_utilization is not None and self.kv_cache_memory_bytes is not None:
             return ("vllm.gpu_memory_utilization and vllm.kv_cache_memory_bytes both size the KV cache; "
                     "set one")
+        if self.pipeline_parallel_size > 1:
+            return ("vllm.pipeline_parallel_size > 1 cannot run on the CPU: vLLM 0.31's CPU build fails at the first "
+                    "step (seen here: the second stage's intermediate tensors are missing); use "
+                    "tensor_parallel_size to split the model across CPU workers, or run on GPUs")
+        cpus = len(allowed_cpus())
+        if self.tensor_parallel_size > cpus:
+            return (f"vllm.tensor_parallel_size: {self.tensor_parallel_size} CPU workers need a CPU each, and "
+                    f"this machine lets llem use {cpus}; lower it to at most {cpus}")
         if self.kv_cache_dtype.startswith("fp8"):
             why = fp8_kv_cache_problem(cpu_flags(CPUINFO))
             if why:

