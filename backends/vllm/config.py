@@ -3,6 +3,7 @@ None = vLLM's own default)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,9 @@ VLLM_CUDA_ONLY_QUANTIZATION = {
 }
 
 CPUINFO = Path("/proc/cpuinfo")
+# Where a quantised checkpoint declares its method: config.json's quantization_config, or a
+# side file (AutoGPTQ/AutoAWQ's quantize_config.json, ModelOpt's hf_quant_config.json).
+QUANT_CONFIG_FILES = ("quantize_config.json", "quant_config.json", "hf_quant_config.json")
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
@@ -105,3 +109,21 @@ class VLLMConfig(BackendSection):
             if why:
                 return f"vllm.kv_cache_dtype: {self.kv_cache_dtype} cannot run here ({why}); use auto, float16 or bfloat16"
         return None
+
+    def checkpoint_problem(self, model_dir: Path) -> str | None:
+        """vLLM loads `quantization:` methods only from a checkpoint quantised with them (seen
+        here with the unquantised tiny model: 'Cannot find the config file for gptq' after
+        the engine began to start, a TypeError for torchao and compressed-tensors)."""
+        if self.quantization is None or not model_dir.is_dir():
+            return None
+        if any((model_dir / f).is_file() for f in QUANT_CONFIG_FILES):
+            return None
+        try:
+            declared = json.loads((model_dir / "config.json").read_text()).get("quantization_config")
+        except (OSError, ValueError, AttributeError):
+            return None  # not a checkpoint llem can read here: vLLM will say
+        if declared:
+            return None
+        return (f"vllm.quantization: {self.quantization} needs a checkpoint quantised with it, and "
+                f"{model_dir} declares no quantization (no quantization_config in config.json, no "
+                f"{' / '.join(QUANT_CONFIG_FILES)}); use a quantised checkpoint or remove vllm.quantization")

@@ -65,6 +65,9 @@ def _check_one(
             models[key] = str(resolve_model(cfg.model, cfg.model_revision))
         except ModelNotFound as e:
             raise UserError(str(e)) from None
+    problem = cfg.backend_section.checkpoint_problem(Path(models[key]))
+    if problem:
+        raise UserError(problem)
 
     if cfg.dataset not in datasets:
         try:

@@ -768,3 +768,21 @@ def test_cpu_workers_beyond_the_numa_nodes_are_bound_by_hand(tmp_path: Path) -> 
     assert cpu_thread_binding(2, list(range(8)), numa_nodes=2) is None  # vLLM's own binding works
     assert cpu_thread_binding(1, [0, 1], numa_nodes=1) is None
     assert cpu_thread_binding(4, [0, 1], numa_nodes=1) is None  # refused at validation instead
+
+
+def test_quantisation_needs_a_checkpoint_quantised_with_it(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    problem = VLLMConfig(quantization="gptq").checkpoint_problem(plain) or ""
+    assert problem.startswith("vllm.quantization: gptq needs a checkpoint quantised with it") and str(plain) in problem
+    assert VLLMConfig().checkpoint_problem(plain) is None
+    declared = tmp_path / "declared"
+    declared.mkdir()
+    (declared / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq"}}))
+    assert VLLMConfig(quantization="awq").checkpoint_problem(declared) is None
+    side = tmp_path / "side"
+    side.mkdir()
+    (side / "config.json").write_text("{}")
+    (side / "quantize_config.json").write_text("{}")
+    assert VLLMConfig(quantization="gptq").checkpoint_problem(side) is None

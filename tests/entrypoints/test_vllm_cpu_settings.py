@@ -1,4 +1,4 @@
-"""vLLM settings on the CPU build, for real: tensor parallelism across CPU workers on a
+"""vLLM settings on the CPU build, for real (and quantisation of a checkpoint that is not quantised, refused): tensor parallelism across CPU workers on a
 machine with fewer NUMA nodes than workers (vLLM refuses that under its own binding; llem
 binds by hand) runs to a result, and pipeline parallelism, which vLLM 0.31's CPU build
 fails at its first step, is refused before anything runs."""
@@ -31,6 +31,14 @@ def test_pipeline_parallelism_is_refused_on_the_cpu_before_anything_runs(tmp_pat
     study = write(tmp_path / "pp.yaml", BASE + "vllm: {pipeline_parallel_size: 2}\n")
     r = llem("run", str(study), "--runner", "local", "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "vllm.pipeline_parallel_size > 1 cannot run on the CPU" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_quantisation_of_an_unquantised_checkpoint_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """Seen here: vLLM fails only after the engine began to start ('Cannot find the config file for gptq')."""
+    study = write(tmp_path / "q.yaml", BASE + "vllm: {quantization: gptq}\n")
+    r = llem("run", str(study), "--runner", "local", "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "vllm.quantization: gptq needs a checkpoint quantised with it" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
 
 
