@@ -206,6 +206,19 @@ def integrate_trapezoid(samples: list[tuple[float, float | None]], t0: float, t1
     return sum((tb - ta) * (pa + pb) / 2 for (ta, pa), (tb, pb) in itertools.pairwise(pts))
 
 
+def _edge_points(samples: list[tuple[float, float | None]], edges: tuple[float, ...]) -> list[tuple[float, float]]:
+    """Power at each edge that falls between two readings, interpolated linearly: an edge
+    inside a polled window then starts its trapezoid where it lies, not at the next reading."""
+    pts = sorted((t, p) for t, p in samples if p is not None)
+    out = []
+    for e in edges:
+        for (ta, pa), (tb, pb) in itertools.pairwise(pts):
+            if ta < e < tb:
+                out.append((e, pa + (pb - pa) * (e - ta) / (tb - ta)))
+                break
+    return out
+
+
 def longest_gap_s(times: list[float], t0: float | None = None, t1: float | None = None) -> float | None:
     """Widest interval between consecutive sample times, counting the window edges t0
     and t1 where given: the longest stretch integrate_trapezoid had to bridge. None
@@ -264,6 +277,13 @@ class NvmlPollingMeter:
         self._poll()  # opening edge
         self._thread = threading.Thread(target=self._loop, name="llem-power-poll", daemon=True)
         self._thread.start()
+
+    def energy_between(self, t0: float, t1: float) -> dict[str, float | None]:
+        """Joules per GPU over [t0, t1] (on this meter's clock) from the last window's
+        samples: another instrument's window, inside this one, compared over its own edges
+        (benchmarks/gpu_check.py: the counter's stamped edges against 10 ms polling)."""
+        return {d.uuid: integrate_trapezoid(samples + _edge_points(samples, (t0, t1)), t0, t1)
+                for d, samples in zip(self.devices, self._samples)}
 
     def stop(self) -> EnergyReading:
         self._halt.set()

@@ -88,6 +88,12 @@ def test_polling_integrates_a_ramp_like_the_analytic_integral():
         lo, hi = meter.started_at - gpu.t0, meter.stopped_at - gpu.t0
         # Trapezoids are exact on a line; a rectangle rule would be off by ~2% here.
         assert r.per_device_j[gpu.uuid] == pytest.approx(_ramp_integral(w0, slope, lo, hi), rel=1e-3)
+    # a window inside the polled one, over its own edges (gpu_check: the counter's stamps)
+    t0, t1 = meter.started_at + 0.1, meter.started_at + 0.2
+    inner = meter.energy_between(t0, t1)
+    for gpu, w0, slope in ((a, 100, 400), (b, 50, 1000)):
+        exact = _ramp_integral(w0, slope, t0 - gpu.t0, t1 - gpu.t0)
+        assert inner[gpu.uuid] == pytest.approx(exact, rel=1e-3) and inner[gpu.uuid] < r.per_device_j[gpu.uuid] / 2
     assert r.energy_j == pytest.approx(sum(r.per_device_j.values()))
     assert r.duration_s == pytest.approx(meter.stopped_at - meter.started_at)
     assert a.power_reads > 10 and r.missing_samples == 0 and r.coverage > 0.5
