@@ -124,6 +124,10 @@ def _overlaps(a: pd.Series, b: pd.Series, m: str) -> bool:
     return float(lo_a) <= float(hi_b) and float(lo_b) <= float(hi_a)
 
 
+def _configurations(n: int) -> str:
+    return f"{n} configuration" + ("" if n == 1 else "s")
+
+
 def answer(rows: pd.DataFrame, has_energy: bool, no_energy: str | None, slo: str | None) -> str:
     """One sentence: the configuration with the lowest energy per token that meets the SLO at
     this load, or that none does, or (energy unavailable) the best by goodput, saying so."""
@@ -135,14 +139,16 @@ def answer(rows: pd.DataFrame, has_energy: bool, no_energy: str | None, slo: str
         if candidates.empty:
             return (f"No configuration meets the SLO ({slo}, for at least {SLO_ATTAINMENT:.0%} of requests, unsaturated) "
                     "at this load.")
-        scope = f"meets the SLO ({slo}, for at least {SLO_ATTAINMENT:.0%} of requests, unsaturated)"
+        scope = f"meet{'s' if len(candidates) == 1 else ''} the SLO ({slo}, for at least {SLO_ATTAINMENT:.0%} of requests, unsaturated)"
     else:
-        candidates, scope = done, "serves this load (no serving.slo was set, so no latency target is checked)"
+        candidates = done
+        scope = (f"serve{'s' if len(candidates) == 1 else ''} this load "
+                 "(no serving.slo was set, so no latency target is checked)")
     energetic = candidates[candidates[f"{ENERGY}_mean"].notna()] if f"{ENERGY}_mean" in candidates else candidates.iloc[0:0]
     if has_energy and not energetic.empty:
         ranked = energetic.sort_values(f"{ENERGY}_mean")
         best = ranked.iloc[0]
-        text = (f"Lowest energy per output token among the {len(candidates)} configuration(s) that {scope}: "
+        text = (f"Lowest energy per output token among the {_configurations(len(candidates))} that {scope}: "
                 f"{best['label']} ({with_ci(best, ENERGY, 3)} J/token).")
         if len(ranked) > 1 and _overlaps(best, ranked.iloc[1], ENERGY):
             text += f" Its interval overlaps {ranked.iloc[1]['label']}'s: the two are not told apart."
@@ -153,7 +159,7 @@ def answer(rows: pd.DataFrame, has_energy: bool, no_energy: str | None, slo: str
     why = f" ({no_energy})" if no_energy else ""
     what = "goodput" if slo else "output tokens/s"
     return (f"Energy per token was not measured{why}, so the answer is by {what} alone: of the "
-            f"{len(candidates)} configuration(s) that {scope}, {best['label']} has the highest "
+            f"{_configurations(len(candidates))} that {scope}, {best['label']} has the highest "
             f"({with_ci(best, by, 2)}).")
 
 

@@ -35,7 +35,7 @@ def test_the_answer_is_the_lowest_energy_per_token_among_those_meeting_the_slo()
                       row(3, "cheap but late", j=0.10, share=0.80),       # misses the SLO
                       row(4, "cheap but saturated", j=0.05, saturated=1)])  # fell behind once
     text = answer(s, True, None, SLO)
-    assert "among the 2 configuration(s) that meets the SLO" in text and "vllm (0.300 ± 0.010 J/token)" in text
+    assert "among the 2 configurations that meet the SLO" in text and "vllm (0.300 ± 0.010 J/token)" in text
     assert "overlaps" not in text
 
 
