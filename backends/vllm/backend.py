@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llenergymeasure.backends.config import ExperimentConfig
-from llenergymeasure.backends.vllm.config import VLLMConfig
+from llenergymeasure.backends.vllm.config import VLLMConfig, allowed_cpus
 from llenergymeasure.backends.decoding import Decoding, decoding_for
 from llenergymeasure.backends.devices import resolve_dtype, run_device
 from llenergymeasure.backends.models import count_parameters, resolve_model
@@ -209,9 +209,10 @@ def cpu_thread_binding(workers: int, cpus: list[int], numa_nodes: int) -> str | 
 
 
 def cpu_binding_env(config: ExperimentConfig) -> dict[str, str]:
-    """The environment that lets this configuration's CPU workers start (see cpu_thread_binding)."""
-    from llenergymeasure.backends.vllm.config import allowed_cpus
-
+    """The environment that lets this configuration's CPU workers start (see cpu_thread_binding);
+    nothing where the run's environment already binds them."""
+    if THREADS_BIND_ENV in os.environ:
+        return {}
     cpus = allowed_cpus()
     bind = cpu_thread_binding(config.vllm.tensor_parallel_size, cpus, numa_nodes_with(cpus))
     return {THREADS_BIND_ENV: bind} if bind else {}

@@ -29,6 +29,7 @@ from llenergymeasure.backends.clock import utc_now
 from llenergymeasure.orchestrator.analysis.results import StudyResults, study_file_text
 from llenergymeasure.orchestrator.analysis.summary import ENERGY, LATENCY, THROUGHPUT, energy_reason, swept_keys
 from llenergymeasure.orchestrator.execution.layout import StudyLayout
+from llenergymeasure.orchestrator.study.precision import AUTO
 
 MAX_POWER_RUNS = 8
 
@@ -327,7 +328,7 @@ def render_report(results: StudyResults, power_runs: list[str] | None = None) ->
         "runner": m.runner,
         "n_runs": len(runs),
         "counts": runs["status"].value_counts().to_dict(),
-        "n_cycles": cycles_note(m.execution, runs),
+        "n_cycles": cycles_note(m.execution, summary),
         "order": m.execution.get("order"),
         "concurrency": concurrency_note(results.manifest),
         "reference": ref.iloc[0]["label"] if len(ref) else None,
@@ -375,13 +376,14 @@ def write_report(results: StudyResults, path: Path | None = None, power_runs: li
     return path
 
 
-def cycles_note(execution: dict, runs: pd.DataFrame) -> str:
+def cycles_note(execution: dict, summary: pd.DataFrame) -> str:
     """How many times each configuration ran: the planned count, or for `n_cycles: auto` the
-    range actually run ("3-5 (auto, target ±5%)"), so the report never says "auto cycle(s)"."""
+    range actually run ("3-5 (auto, target ±5%)"), from the summary's own `cycles_run`, so
+    the report never says "auto cycle(s)"."""
     planned = execution.get("n_cycles")
-    if planned != "auto":
+    if planned != AUTO:
         return str(planned)
-    per = runs.groupby("experiment_index")["cycle"].nunique() if len(runs) else pd.Series(dtype=int)
+    per = summary["cycles_run"] if "cycles_run" in summary else pd.Series(dtype=int)
     span = "?" if per.empty else (f"{per.min()}" if per.min() == per.max() else f"{per.min()}-{per.max()}")
     target = execution.get("target_ci_pct")
     return f"{span} (auto" + (f", target ±{target:g}%" if target is not None else "") + ")"

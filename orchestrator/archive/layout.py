@@ -82,9 +82,41 @@ def _raw_index(layout: ArchiveLayout) -> dict | None:
         return None
     except (OSError, ValueError) as e:
         raise UserError(f"{layout.index}: cannot be read ({type(e).__name__}: {e}); it is not an archive llem wrote") from None
+    return checked_format(raw, str(layout.index))
+
+
+def checked_format(raw: object, where: str) -> dict:
+    """A parsed archive.json (local or remote), UserError unless it is an llem archive index."""
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise UserError(f"{layout.index}: not an llem archive index (no \"format\": \"{FORMAT}\")")
+        raise UserError(f"{where}: not an llem archive index (no \"format\": \"{FORMAT}\")")
     return raw
+
+
+def schema_version_of(raw: dict, where: str) -> int:
+    """An index's schema_version; UserError unless it is an integer (whether this llem reads
+    it: version_problem)."""
+    v = raw.get("schema_version")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise UserError(f"{where}: schema_version {v!r} is not an integer")
+    return v
+
+
+def version_problem(v: int, where: str, older_fix: str) -> str | None:
+    """Why an archive of schema version `v` cannot be read by this llem, or None."""
+    if v > SCHEMA_VERSION:
+        return f"{where}: archive schema_version {v} is newer than this llem's ({SCHEMA_VERSION}); upgrade llem to read it"
+    if v < SCHEMA_VERSION:
+        return f"{where}: archive schema_version {v} is older than this llem's ({SCHEMA_VERSION}); {older_fix}"
+    return None
+
+
+def validated_index(raw: dict, where: str) -> ArchiveIndex:
+    """The index model of a checked archive.json; UserError naming what is damaged."""
+    try:
+        return ArchiveIndex.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+        raise UserError(f"{where}: a damaged archive index ({problems})") from None
 
 
 def stored_version(layout: ArchiveLayout) -> int | None:
@@ -92,10 +124,7 @@ def stored_version(layout: ArchiveLayout) -> int | None:
     (migrate.py), None for an empty or missing directory."""
     raw = _raw_index(layout)
     if raw is not None:
-        v = raw.get("schema_version")
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise UserError(f"{layout.index}: schema_version {v!r} is not an integer")
-        return v
+        return schema_version_of(raw, str(layout.index))
     return 0 if looks_like_v0(layout.root) else None
 
 
@@ -110,26 +139,17 @@ def looks_like_v0(root: Path) -> bool:
 def check_current(layout: ArchiveLayout) -> None:
     """UserError unless the archive has this llem's schema version (or is new)."""
     v = stored_version(layout)
-    if v is None or v == SCHEMA_VERSION:
-        return
-    if v > SCHEMA_VERSION:
-        raise UserError(f"{layout.root}: archive schema_version {v} is newer than this llem's ({SCHEMA_VERSION}); "
-                        "upgrade llem to read or add to it")
-    raise UserError(f"{layout.root}: archive schema_version {v} is older than this llem's ({SCHEMA_VERSION}); "
-                    f"run `llem archive migrate --archive {layout.root}` first")
+    problem = None if v is None else version_problem(v, str(layout.root),
+                                                     f"run `llem archive migrate --archive {layout.root}` first")
+    if problem:
+        raise UserError(problem)
 
 
 def load_index(layout: ArchiveLayout) -> ArchiveIndex:
     """The index of a current archive (an empty one where there is none yet)."""
     check_current(layout)
     raw = _raw_index(layout)
-    if raw is None:
-        return ArchiveIndex()
-    try:
-        return ArchiveIndex.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
-        raise UserError(f"{layout.index}: a damaged archive index ({problems})") from None
+    return ArchiveIndex() if raw is None else validated_index(raw, str(layout.index))
 
 
 def local_root(path: str | Path | None, what: str) -> Path:

@@ -26,12 +26,14 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
-from pydantic import ValidationError
 
 from llenergymeasure.backends.secrets import redact
 
-from llenergymeasure.orchestrator.archive.layout import INDEX_FILE, existing_archive, is_remote, load_index
-from llenergymeasure.orchestrator.archive.schema import FORMAT, SCHEMA_VERSION, TABLES, ArchiveIndex, arrow_schema
+from llenergymeasure.orchestrator.archive.layout import (
+    INDEX_FILE, checked_format, existing_archive, is_remote, load_index, schema_version_of, validated_index,
+    version_problem,
+)
+from llenergymeasure.orchestrator.archive.schema import TABLES, ArchiveIndex, arrow_schema
 from llenergymeasure.orchestrator.errors import Failure, UserError
 
 LIST_SQL = """
@@ -117,27 +119,19 @@ def _hf_failure(root: str, e: Exception) -> Exception:
 
 
 def _checked_index(root: str, text: str | bytes) -> ArchiveIndex:
-    """The index of a remote archive, refused (exit 2) unless it is one of this llem's schema version."""
+    """The index of a remote archive, refused (exit 2) unless it is one of this llem's schema
+    version (the same checks as a local one: layout.py)."""
+    where = f"--archive {root}"
     try:
         raw = json.loads(text)
     except ValueError:
         raw = None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise UserError(f"--archive {root}: its {INDEX_FILE} is not an llem archive index (no \"format\": \"{FORMAT}\")")
-    v = raw.get("schema_version")
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise UserError(f"--archive {root}: schema_version {v!r} in its {INDEX_FILE} is not an integer")
-    if v > SCHEMA_VERSION:
-        raise UserError(f"--archive {root}: archive schema_version {v} is newer than this llem's ({SCHEMA_VERSION}); "
-                        "upgrade llem to read it")
-    if v < SCHEMA_VERSION:
-        raise UserError(f"--archive {root}: archive schema_version {v} is older than this llem's ({SCHEMA_VERSION}); "
-                        "`llem archive migrate` a local copy and push it again")
-    try:
-        return ArchiveIndex.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
-        raise UserError(f"--archive {root}: a damaged archive index ({problems})") from None
+    raw = checked_format(raw, f"{where}: its {INDEX_FILE}")
+    problem = version_problem(schema_version_of(raw, where), where,
+                              "`llem archive migrate` a local copy and push it again")
+    if problem:
+        raise UserError(problem)
+    return validated_index(raw, where)
 
 
 def _hf_index(con: duckdb.DuckDBPyConnection, root: str) -> ArchiveIndex:

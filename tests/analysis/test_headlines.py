@@ -1,7 +1,7 @@
-"""Headline sentences over summaries whose setting columns are partly empty: explicit
-`experiments:` each set a different setting, so pandas reads the others as NA (nullable
+"""The report's sentences. Headlines over summaries whose setting columns are partly empty
+(explicit `experiments:` each set a different setting, so pandas reads the others as NA (nullable
 columns, whose `==` is NA rather than False). Seen on a study of one vLLM setting per
-experiment: the report failed with 'boolean value of NA is ambiguous'."""
+experiment: the report failed with 'boolean value of NA is ambiguous'), and the cycles note."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ def test_settings_set_in_some_experiments_only_still_give_headlines():
     assert chunked.startswith("Changing vllm.enable_chunked_prefill from False (the first configuration with this "
                               "setting) to unset (the backend's default) gives 1.14x the output throughput")
     assert seqs.startswith("Changing vllm.max_num_seqs from 4 (the first configuration with this setting) to unset")
+
+
+def test_the_reports_cycles_note_reads_the_summarys_cycles_run():
+    from llenergymeasure.orchestrator.analysis.report import cycles_note
+
+    summary = pd.DataFrame({"cycles_run": [3, 5, 4]})
+    assert cycles_note({"n_cycles": 3}, summary) == "3"
+    assert cycles_note({"n_cycles": "auto", "target_ci_pct": 5.0}, summary) == "3-5 (auto, target ±5%)"
+    assert cycles_note({"n_cycles": "auto"}, summary.iloc[:1]) == "3 (auto)"
